@@ -1,0 +1,85 @@
+"""LoRA and rsLoRA.
+
+Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models";
+Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA".
+
+    y = W x + s * B A dropout(x),   B in R^{m x r} = 0,  A in R^{r x n}
+    A ~ kaiming_uniform(a=sqrt(5))  (or N(0, 1/r) with init=gaussian)
+    s = alpha / r   (LoRA)   or   alpha / sqrt(r)   (rsLoRA)
+    merge: W <- W + s B A;          #P = r (m + n)
+
+``LoRAAdapter`` is also the base class of the LoRA-shaped SVD methods
+(PiSSA, MiLoRA, OLoRA, ...), which differ only in ``initialize``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from peftlab.errors import UserError
+from peftlab.methods.base import Adapter, AdapterMethod, check_rank, positive_int, probability
+
+
+class LoRAAdapter(Adapter):
+    """``s * B A`` on a frozen W; parameter names match PEFT's lora_A / lora_B."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, scale: float,
+                 dropout: float = 0.0, init: str = "kaiming"):
+        super().__init__(in_features, out_features)
+        self.rank = rank
+        self.scale = scale
+        self.init = init
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def initialize(self, weight: Tensor, calibration: Tensor | None = None) -> Tensor | None:
+        if self.init == "gaussian":
+            nn.init.normal_(self.lora_A, std=1.0 / self.rank)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+        return None
+
+    def expected_trainable(self) -> int:
+        return self.rank * (self.in_features + self.out_features)
+
+    def delta_weight(self) -> Tensor:
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def delta_forward(self, x: Tensor) -> Tensor:
+        # Two thin matmuls (r-wide) instead of materialising the m x n update.
+        return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+
+class LoRA(AdapterMethod):
+    """LoRA (``rslora=true`` for rsLoRA scaling)."""
+
+    adapter_class = LoRAAdapter
+
+    def __init__(self, rank: int = 8, alpha: float = 16, dropout: float = 0.0, rslora: bool = False,
+                 init: str = "kaiming", target_modules: Any = None, **rest: Any):
+        super().__init__(target_modules=target_modules, **rest)
+        self.rank = positive_int(rank, "method.rank")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise UserError(f"method.alpha={alpha} is not allowed: use a number > 0")
+        self.alpha = float(alpha)
+        self.dropout = probability(dropout, "method.dropout")
+        self.rslora = bool(rslora)
+        if init not in ("kaiming", "gaussian"):
+            raise UserError(f"method.init={init} is not allowed: use kaiming or gaussian")
+        self.init = init
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def make_adapter(self, layer: nn.Linear, name: str) -> Adapter:
+        check_rank(self.rank, layer, name)
+        return self.adapter_class(layer.in_features, layer.out_features, self.rank, self.scale,
+                                  self.dropout, self.init)
