@@ -337,3 +337,20 @@ def diff(base: Any, other: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     if base != other:
         out.append((prefix.rstrip("."), base, other))
     return out
+
+
+def choices(overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None) -> dict[str, str]:
+    """Which option of each config group a run uses: the last ``group=option`` override, else the default."""
+    root = OmegaConf.load((list(dirs) if dirs else search_path())[-1] / "config.yaml")
+    chosen: dict[str, str] = {}
+    for item in root.get("defaults", []):
+        if isinstance(item, DictConfig):
+            for k, v in item.items():
+                if k in GROUPS and isinstance(v, str):
+                    chosen[k] = v
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in GROUPS:
+            chosen[key] = value.strip("[]")
+    return chosen

@@ -314,7 +314,9 @@ class AdapterMethod(Method):
                 if new_base is not None:
                     layer.weight.copy_(new_base.to(layer.weight.dtype))
             adapter.to(dtype=layer.weight.dtype)
-            replace_module(model, name, AdaptedLinear(layer, adapter))
+            # A new module starts in train mode; follow the layer it replaces so that
+            # adapter dropout is off in a model adapted in eval mode.
+            replace_module(model, name, AdaptedLinear(layer, adapter).train(layer.training))
 
 
 def check_rank(rank: int, layer: nn.Linear, name: str, option: str = "method.rank") -> None:

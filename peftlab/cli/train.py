@@ -1,0 +1,94 @@
+"""``peftlab train [OVERRIDES...]``: train one run (or resume one) into a run folder."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from peftlab.cli.app import app
+from peftlab.cli.common import console
+
+
+@app.command("train", context_settings={"allow_extra_args": False})
+def train_command(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="Hydra overrides, e.g. method=pissa method.rank=16 trainer.max_steps=200 seed=1"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the resolved config, parameter counts and memory; do not train"),
+    config_dir: Optional[List[str]] = typer.Option(None, "--config-dir", help="extra config folder(s) searched before the shipped ones"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train one run on the composed config; `resume=RUN` continues a stopped run."""
+    from peftlab.config import choices, compose, search_path
+
+    overrides = list(overrides or [])
+    cfg = compose(overrides, config_dir or [])
+    chosen = choices(overrides, search_path(config_dir or []))
+    if dry_run:
+        _dry_run(cfg)
+        return
+    from peftlab.train import train
+
+    run = train(cfg, overrides=overrides, argv=sys.argv, choices=chosen, show_progress=not quiet)
+    _print_result(run)
+
+
+def _dry_run(cfg) -> None:
+    from omegaconf import OmegaConf
+    from rich.table import Table
+
+    from peftlab.experiment import build_experiment, count_parameters, parameter_table
+
+    console.print(OmegaConf.to_yaml(cfg, resolve=True), highlight=False)
+    exp = build_experiment(cfg, with_data=False, labels=[str(i) for i in range(_num_labels(cfg))])
+    table = Table(title="parameters by module type", title_justify="left")
+    for col in ("module", "trainable", "total"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for row in parameter_table(exp.model):
+        table.add_row(row["module"], f"{row['trainable']:,}", f"{row['total']:,}")
+    trainable, total = count_parameters(exp.model)
+    table.add_row("[bold]all", f"[bold]{trainable:,}", f"[bold]{total:,}")
+    console.print(table)
+    bytes_per = 2 if cfg.trainer.precision in ("bf16", "fp16") else 4
+    weights = total * 4
+    optimizer = trainable * 4 * 3  # gradient + two Adam moments, fp32
+    hidden = int(getattr(exp.model.config, "hidden_size", 0) or 0)
+    layers = int(getattr(exp.model.config, "num_hidden_layers", 0) or 0)
+    # Rough activation estimate for a transformer layer: ~34 values per token per hidden unit.
+    activations = int(cfg.trainer.batch_size) * int(exp.loaded.max_length) * hidden * layers * 34 * bytes_per
+    console.print(
+        f"estimated memory: weights {weights / 2**20:.0f} MiB + gradients/optimizer {optimizer / 2**20:.0f} MiB "
+        f"+ activations <= {activations / 2**20:.0f} MiB (batch {cfg.trainer.batch_size}, "
+        f"length <= {exp.loaded.max_length}) = {(weights + optimizer + activations) / 2**20:.0f} MiB"
+    )
+
+
+def _num_labels(cfg) -> int:
+    from peftlab.config import build
+    from peftlab.data.tokenize import label_names
+
+    return len(label_names(build(cfg.dataset, seed=int(cfg.seed))))
+
+
+def _print_result(run) -> None:
+    from rich.table import Table
+
+    summary = run.summary
+    table = Table(title=f"run {run.name}/{run.version}: {run.status}", title_justify="left")
+    table.add_column("split")
+    metrics = [k for k in ("accuracy", "f1_macro", "loss") if k in summary.get("test", {})]
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for label, values in (("validation (best)", summary.get("best_validation") or {}),
+                          ("validation (final)", summary.get("final_validation") or {}),
+                          ("test", summary.get("test") or {})):
+        table.add_row(label, *[f"{values[m]:.4f}" if m in values else "-" for m in metrics])
+    console.print(table)
+    console.print(
+        f"trainable params {summary.get('trainable_params', 0):,} of {summary.get('total_params', 0):,}; "
+        f"{summary.get('steps', 0)} steps in {summary.get('wall_time_s', 0):.1f}s, "
+        f"{summary.get('tokens_per_s', 0):.0f} tokens/s"
+    )
+    console.print(f"run folder: [bold]{run.path}[/bold]")

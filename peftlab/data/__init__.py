@@ -1,0 +1,10 @@
+"""Datasets for peftlab: the built-in offline set, general loading, tokenization cache.
+
+- ``builtin``: ``load_stdlib_docs`` reads the frozen standard-library docstring set
+  (made by ``generate_stdlib_docs``) that ships inside the package.
+- ``loading``: ``load_text_classification`` turns a local file, a local folder or a
+  Hugging Face hub id into train/validation/test splits with ``text``
+  (optional ``text_pair``) and a ``ClassLabel`` ``label``.
+- ``tokenize``: ``tokenize_splits`` tokenizes those splits once and caches the
+  result on disk, keyed by content, tokenizer and ``max_length``.
+"""

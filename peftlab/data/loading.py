@@ -1,0 +1,450 @@
+"""Load any text-classification dataset into peftlab's one shape.
+
+``load_text_classification`` accepts a local data file, a local folder of data
+files, or a Hugging Face hub id, and always returns a ``DatasetDict`` with
+splits ``train``, ``validation`` and ``test`` and columns ``text``, optional
+``text_pair`` and ``label`` (a ``ClassLabel``). Splits the source lacks are
+carved out of train. Every mistake a user can make here (a missing file, a
+wrong column name, an empty split, unlabelled rows) is a ``UserError`` whose
+one line names the bad value and the config key that fixes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from peftlab.errors import UserError, did_you_mean
+
+# File extension -> datasets' packaged builder (these need no network).
+BUILDERS: dict[str, str] = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+SUPPORTED = ", ".join(sorted(BUILDERS))
+# Suffixes that mark a path as a (missing) local file rather than a hub id.
+_FILE_SUFFIXES = set(BUILDERS) | {".txt", ".gz", ".zip", ".arrow", ".xlsx", ".xls", ".xml"}
+
+ROLES: tuple[str, ...] = ("train", "validation", "test")
+Reader = Callable[[], datasets.Dataset]
+# Conventional split names per role, first the canonical one. A folder's files
+# and a hub dataset's splits are matched against these.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+_SPLIT_FILE = re.compile(r"^(?P<name>[a-z]+)(?:[-_.].*)?$")
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Hide datasets' own progress bars for the duration, then restore them.
+
+    peftlab shows its own progress; a dozen "Map: 100%" bars for a small
+    dataset are noise. Restoring keeps the switch local to peftlab's calls.
+    """
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def load_text_classification(
+    path: str | Path,
+    subset: str | None = None,
+    revision: str | None = None,
+    text_field: str = "text",
+    text_pair_field: str | None = None,
+    label_field: str = "label",
+    train_split: str = "train",
+    validation_split: str | None = "validation",
+    test_split: str | None = "test",
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """Return train/validation/test splits with ``text`` (``text_pair``) and ``label``.
+
+    ``path`` is a .json/.jsonl/.csv/.tsv/.parquet file (all of it is train), a
+    folder whose files are named ``train.*``, ``validation.*`` (or ``valid.*``,
+    ``dev.*``) and ``test.*``, or a hub id loaded with
+    ``datasets.load_dataset(path, subset, revision=revision)``. ``*_split`` name
+    the source's splits; a missing validation or test split (or one set to
+    None) is carved out of train: ``holdout_fraction`` of it, stratified by
+    label when every class is large enough, shuffled with ``seed``.
+
+    Integer labels keep their ids (names come from a ``ClassLabel`` feature,
+    else ``str(id)``); string labels get ids in sorted order.
+    """
+    _check_fraction(holdout_fraction)
+    requested = {"train": train_split, "validation": validation_split, "test": test_split}
+    _check_distinct(requested)
+    with quiet_datasets():
+        raw, source = _load_raw(path, subset, revision, train_split)
+        picked = {role: _pick_split(raw, role, name, source) for role, name in requested.items()}
+        fields = {"text": ("text_field", text_field), "label": ("label_field", label_field)}
+        if text_pair_field is not None:
+            fields["text_pair"] = ("text_pair_field", text_pair_field)
+        splits = {
+            role: _select_columns(ds, fields, source, requested[role] or role)
+            for role, ds in picked.items()
+            if ds is not None
+        }
+        splits = _encode_labels(splits, source, label_field)
+        splits = _carve_missing(splits, holdout_fraction, seed, source)
+    return datasets.DatasetDict({role: splits[role] for role in ROLES})
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _check_fraction(fraction: float) -> None:
+    """Both holdouts come out of train, so each must stay well under half of it."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 0.5):
+        raise UserError(
+            f"dataset.holdout_fraction={fraction!r} must be a number between 0 and 0.5 (e.g. 0.1)"
+        )
+
+
+def _check_distinct(requested: dict[str, str | None]) -> None:
+    """Two roles reading the same split would evaluate on training data."""
+    seen: dict[str, str] = {}
+    for role, name in requested.items():
+        if name is None:
+            continue
+        if name in seen:
+            raise UserError(
+                f"dataset.{role}_split={name!r} is also dataset.{seen[name]}_split; "
+                f"give each role its own split, or set dataset.{role}_split=null to carve it out of train"
+            )
+        seen[name] = role
+
+
+# ---------------------------------------------------------------- reading sources
+
+
+def _load_raw(
+    path: str | Path, subset: str | None, revision: str | None, train_split: str
+) -> tuple[dict[str, Reader], str]:
+    """Map ``path``'s split names to readers, plus a short description for messages.
+
+    Readers defer reading a local split until it is picked, so a split the user
+    chose to carve instead (``dataset.test_split=null``) is never opened.
+    """
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.is_file():
+        # One file is all training data; its name is whatever train_split says.
+        return {train_split or "train": functools.partial(_read_files, [local], text, "train")}, text
+    if local.is_dir():
+        return _read_folder(local, text), text
+    if _looks_local(text):
+        raise UserError(
+            f"dataset.path={text!r} does not exist; pass an existing data file or folder "
+            f"({SUPPORTED}) or a Hugging Face dataset id"
+        )
+    return _load_hub(text, subset, revision), repr(text)
+
+
+def _looks_local(text: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything path-like is meant to be local."""
+    return (
+        text.startswith((".", "/", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or Path(text).suffix.lower() in _FILE_SUFFIXES
+    )
+
+
+def _extension(file: Path) -> str:
+    return file.suffix.lower()
+
+
+def _read_files(files: list[Path], shown: str, role: str) -> datasets.Dataset:
+    """Read the data files of one split (one format) with datasets' packaged builders."""
+    extensions = sorted({_extension(f) for f in files})
+    unsupported = [e for e in extensions if e not in BUILDERS]
+    if unsupported:
+        raise UserError(
+            f"dataset.path={shown!r} has unsupported extension {unsupported[0] or '(none)'!r}; "
+            f"use one of {SUPPORTED}"
+        )
+    builders = {BUILDERS[e] for e in extensions}
+    if len(builders) > 1:
+        raise UserError(
+            f"dataset.path={shown!r} mixes formats for one split ({', '.join(extensions)}); "
+            f"keep one format per split"
+        )
+    if all(f.stat().st_size == 0 for f in files):
+        # datasets' json builder fails obscurely on an empty file; say what it is.
+        raise _empty_split(role, role, shown)
+    options = {"delimiter": "\t"} if extensions == [".tsv"] else {}
+    try:
+        return datasets.load_dataset(
+            builders.pop(), data_files={"train": [str(f) for f in files]}, split="train", **options
+        )
+    except (
+        datasets.exceptions.DatasetGenerationError, pa.ArrowException, ValueError, UnicodeError, StopIteration
+    ) as exc:
+        raise UserError(f"could not read {files[0]}: {_root_cause(exc)}; check that the file is valid") from exc
+
+
+def _split_of(file: Path) -> str | None:
+    """The role a folder's file plays from its name (``dev.jsonl`` -> validation)."""
+    match = _SPLIT_FILE.match(file.name.lower())
+    if match is None:
+        return None
+    for role, aliases in SPLIT_ALIASES.items():
+        if match["name"] in aliases:
+            return role
+    return None
+
+
+def _read_folder(folder: Path, shown: str) -> dict[str, Reader]:
+    """Read ``train.*``/``validation.*``/``test.*`` files (also sharded, in subfolders)."""
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file()
+        and _extension(f) in BUILDERS
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+    if not files:
+        raise UserError(f"dataset.path={shown!r} is a folder with no data files; add train.* files ({SUPPORTED})")
+    groups: dict[str, list[Path]] = {}
+    for file in files:
+        role = _split_of(file)
+        if role is not None:
+            groups.setdefault(role, []).append(file)
+    if "train" not in groups:
+        names = ", ".join(sorted({f.name for f in files})[:5])
+        raise UserError(
+            f"dataset.path={shown!r} has no train file (found {names}); name files train.*, "
+            f"validation.* (or valid.*/dev.*) and test.*"
+        )
+    return {role: functools.partial(_read_files, group, shown, role) for role, group in groups.items()}
+
+
+def _load_hub(name: str, subset: str | None, revision: str | None) -> dict[str, Reader]:
+    """``datasets.load_dataset`` from the hub; any failure is the user's to fix."""
+    what = f"{name!r}" + (f" (subset {subset!r})" if subset else "") + (f" at revision {revision!r}" if revision else "")
+    try:
+        loaded = datasets.load_dataset(name, subset, revision=revision)
+    except ConnectionError as exc:
+        raise UserError(
+            f"dataset {what} could not be reached on the Hugging Face hub ({_first_line(exc)}); "
+            f"check the id and connection, or pass a local file: dataset.path=path/to/data.jsonl"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a bad id/subset/revision surfaces as many types
+        raise UserError(
+            f"dataset {what} could not be loaded from the Hugging Face hub ({_first_line(exc)}); "
+            f"check dataset.path/subset/revision, or pass a local file: dataset.path=path/to/data.jsonl"
+        ) from exc
+    return {split: (lambda ds=ds: ds) for split, ds in loaded.items()}  # already read
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's message: datasets wraps parse errors in a generic one."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    return _first_line(exc)
+
+
+def _empty_split(role: str, name: str, source: str) -> UserError:
+    """The error for a split with no rows (train cannot be carved from anything)."""
+    fix = "add rows to it" if role == "train" else (
+        f"add rows to it or set dataset.{role}_split=null to carve it out of train"
+    )
+    return UserError(f"split {name!r} of {source} is empty; {fix}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """A one-line, bounded summary of an exception for a UserError message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ---------------------------------------------------------------- splits and columns
+
+
+def _pick_split(raw: dict[str, Reader], role: str, name: str | None, source: str) -> datasets.Dataset | None:
+    """The Dataset playing ``role``, or None when it should be carved out of train.
+
+    A conventional name (``validation``) also finds its aliases (``dev``); a
+    name the user chose must exist, since silently carving instead would hide
+    a typo.
+    """
+    available = ", ".join(sorted(raw))
+    if name is None:
+        if role == "train":
+            raise UserError(f"dataset.train_split must name a split of {source} (splits: {available})")
+        return None
+    if name in raw:
+        found = raw[name]()
+    elif name in SPLIT_ALIASES[role]:
+        alias = next((a for a in SPLIT_ALIASES[role] if a in raw), None)
+        found = raw[alias]() if alias is not None else None
+        if found is None and role == "train":
+            raise UserError(
+                f"{source} has no {name!r} split (splits: {available}); set dataset.train_split=<split>"
+            )
+    else:
+        raise UserError(
+            f"dataset.{role}_split={name!r} is not a split of {source} (splits: {available})"
+            f"{did_you_mean(name, raw)}; set dataset.{role}_split=<split>"
+            + ("" if role == "train" else " or null to carve it out of train")
+        )
+    if found is not None and found.num_rows == 0:
+        raise _empty_split(role, name, source)
+    return found
+
+
+def _select_columns(
+    ds: datasets.Dataset, fields: dict[str, tuple[str, str]], source: str, split: str
+) -> datasets.Dataset:
+    """Keep the configured columns, renamed to ``text``/``text_pair``/``label``."""
+    columns = ds.column_names
+    chosen: dict[str, str] = {}
+    for target, (option, column) in fields.items():
+        if column not in columns:
+            raise UserError(
+                f"dataset.{option}={column!r} is not a column of {source} split {split!r} "
+                f"(columns: {', '.join(columns)}){did_you_mean(column, columns)}; set dataset.{option}=<column>"
+            )
+        if column in chosen.values():
+            other = next(o for t, (o, c) in fields.items() if c == column and t in chosen)
+            raise UserError(f"dataset.{option}={column!r} is also dataset.{other}; give each its own column")
+        chosen[target] = column
+    ds = ds.select_columns(list(chosen.values()))
+    # rename_columns renames all at once, so a swap (text <-> label) is safe.
+    ds = ds.rename_columns({c: t for t, c in chosen.items() if c != t})
+    for target in ("text", "text_pair"):
+        if target in chosen:
+            _check_text_column(ds, target, fields[target], source, split)
+    return ds
+
+
+def _check_text_column(
+    ds: datasets.Dataset, column: str, option_and_name: tuple[str, str], source: str, split: str
+) -> None:
+    """Text columns must hold strings, with no nulls (a tokenizer cannot take None)."""
+    option, name = option_and_name
+    feature = ds.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise UserError(
+            f"dataset.{option}={name!r} holds {feature!r}, not text, in {source} split {split!r}; "
+            f"set dataset.{option}=<column of strings>"
+        )
+    nulls = ds.data.column(column).null_count
+    if nulls:
+        raise UserError(
+            f"dataset.{option}={name!r} has {nulls} null values in {source} split {split!r}; "
+            f"drop or fill those rows"
+        )
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _encode_labels(
+    splits: dict[str, datasets.Dataset], source: str, label_field: str
+) -> dict[str, datasets.Dataset]:
+    """Cast ``label`` to one ClassLabel shared by every split."""
+    for role, ds in splits.items():
+        _check_no_missing_labels(ds, role, source, label_field)
+    feature = splits["train"].features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    elif isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        names = sorted({v for ds in splits.values() for v in ds.unique("label")})
+    elif isinstance(feature, datasets.Value) and feature.dtype == "bool":
+        names = ["False", "True"]
+        splits = {r: ds.cast_column("label", datasets.Value("int64")) for r, ds in splits.items()}
+    elif isinstance(feature, datasets.Value) and (feature.dtype.startswith(("int", "uint", "float"))):
+        splits = {r: _integer_labels(ds, r, source, label_field) for r, ds in splits.items()}
+        top = max(max(ds.unique("label")) for ds in splits.values())
+        names = [str(i) for i in range(top + 1)]
+    else:
+        raise UserError(
+            f"dataset.label_field={label_field!r} holds {feature!r} in {source}; peftlab needs one class per row "
+            f"(integer ids or strings); set dataset.label_field=<column>"
+        )
+    label = datasets.ClassLabel(names=names)
+    return {role: ds.cast_column("label", label) for role, ds in splits.items()}
+
+
+def _check_no_missing_labels(ds: datasets.Dataset, role: str, source: str, label_field: str) -> None:
+    """Nulls, NaNs and negative ids (datasets' -1 = "unlabelled") are all missing labels."""
+    column = ds.data.column("label")
+    missing = column.null_count
+    if pa.types.is_floating(column.type):
+        missing += pc.sum(pc.is_nan(column)).as_py() or 0
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        missing += pc.sum(pc.less(column, 0)).as_py() or 0
+    if missing:
+        fix = "drop or label those rows" if role == "train" else (
+            f"drop or label those rows, or set dataset.{role}_split=null to carve {role} out of train"
+        )
+        raise UserError(
+            f"dataset.label_field={label_field!r} has {missing} missing values (null, NaN or negative) "
+            f"in {source} split {role!r}; {fix}"
+        )
+
+
+def _integer_labels(ds: datasets.Dataset, role: str, source: str, label_field: str) -> datasets.Dataset:
+    """Integer ids pass; floats pass only when whole (CSV readers turn ints into floats)."""
+    if ds.features["label"].dtype.startswith("float"):
+        values = ds.unique("label")
+        bad = next((v for v in values if not float(v).is_integer() or math.isinf(v)), None)
+        if bad is not None:
+            raise UserError(
+                f"dataset.label_field={label_field!r} holds non-integer value {bad!r} in {source} split {role!r}; "
+                f"peftlab does classification: use integer ids or strings"
+            )
+    return ds.cast_column("label", datasets.Value("int64"))
+
+
+# ---------------------------------------------------------------- holdouts
+
+
+def _carve_missing(
+    splits: dict[str, datasets.Dataset], fraction: float, seed: int, source: str
+) -> dict[str, datasets.Dataset]:
+    """Carve the missing test, then validation, split out of train.
+
+    When both are missing the second cut uses ``fraction / (1 - fraction)`` of
+    what is left, so each holdout is ``fraction`` of the original train split.
+    """
+    missing = [role for role in ("test", "validation") if role not in splits]
+    share = fraction
+    for role in missing:
+        splits["train"], splits[role] = _holdout(splits["train"], share, seed, source, role)
+        share = fraction / (1 - fraction)
+    return splits
+
+
+def _holdout(
+    train: datasets.Dataset, fraction: float, seed: int, source: str, role: str
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split ``fraction`` off ``train``: stratified by label when possible, else plain."""
+    try:
+        parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
+    except ValueError:
+        # Stratifying needs at least two rows per class and one per class in the
+        # holdout; small or skewed data gets a plain seeded split instead.
+        try:
+            parts = train.train_test_split(test_size=fraction, seed=seed)
+        except ValueError as exc:
+            raise UserError(
+                f"split 'train' of {source} has {train.num_rows} rows, too few to carve a {role} split from; "
+                f"add rows or provide a {role} split"
+            ) from exc
+    return parts["train"], parts["test"]

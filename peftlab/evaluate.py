@@ -1,0 +1,64 @@
+"""Evaluation of a sequence classifier on one split: loss, accuracy, macro-F1.
+
+Counts are accumulated on the device and read back once at the end, so an
+evaluation pass costs one host synchronisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def make_loader(dataset: Any, tokenizer: Any, batch_size: int, batches: Any = None) -> DataLoader:
+    """A DataLoader padding each batch to its longest sequence.
+
+    ``batches`` is an optional list of index lists (the training order); without
+    it the split is read in order.
+    """
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    if batches is not None:
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, num_labels: int, device: Any = None) -> dict[str, float]:
+    """``{"loss", "accuracy", "f1_macro", "examples"}`` over the whole loader."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    confusion = torch.zeros(num_labels, num_labels, device=device, dtype=torch.long)
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        labels = batch["labels"]
+        loss_sum += nn.functional.cross_entropy(out.logits.float(), labels, reduction="sum").double()
+        pred = out.logits.argmax(-1)
+        confusion += torch.bincount(labels * num_labels + pred, minlength=num_labels**2).view(num_labels, num_labels)
+    if was_training:
+        model.train()
+    return metrics_from(confusion.cpu(), float(loss_sum.cpu()))
+
+
+def metrics_from(confusion: torch.Tensor, loss_sum: float) -> dict[str, float]:
+    n = int(confusion.sum())
+    if n == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "f1_macro": float("nan"), "examples": 0}
+    tp = confusion.diag().double()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
+    present = confusion.sum(1) > 0  # macro over the classes that occur in the split
+    return {
+        "loss": loss_sum / n,
+        "accuracy": float(tp.sum() / n),
+        "f1_macro": float(f1[present].mean()) if bool(present.any()) else float("nan"),
+        "examples": n,
+    }

@@ -1,0 +1,201 @@
+"""Build an experiment from a composed config: data, model, method, regularizers.
+
+Also saves a run's adapter and rebuilds a trained model from a run folder.
+Every component is built from its config node's ``_target_``; nothing here
+knows which method, dataset or model it is.
+
+The adapter folder holds ``adapter.safetensors`` (every trainable parameter by
+name), ``method_state.safetensors`` (tensors a method keeps, e.g. masks) when
+the method has state, and ``adapter_config.json`` (what rebuilds the model: the
+resolved config, the label names, the parameter names). Rebuilding re-runs the
+method's deterministic initialisation on the pretrained weights and then loads
+the trained values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peftlab.config import build, regularizer_nodes
+from peftlab.data.tokenize import label_names, tokenize_splits
+from peftlab.errors import UserError
+from peftlab.methods.base import Adapter, Method, adapted_layers, trainable_parameters
+from peftlab.models import LoadedModel
+
+ADAPTER_FILE = "adapter.safetensors"
+METHOD_STATE_FILE = "method_state.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+INITIAL_FILE = "initial.safetensors"
+
+
+@dataclasses.dataclass
+class Experiment:
+    cfg: DictConfig
+    loaded: LoadedModel
+    method: Method
+    regularizers: list
+    labels: list[str]
+    splits: Any = None  # tokenized DatasetDict (train/validation/test), None when built without data
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+
+def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[str] | None = None) -> Experiment:
+    """Data (tokenized, cached), model, adapted by the method, and the regularizers."""
+    splits = None
+    if labels is None or with_data:
+        raw = build(cfg.dataset, seed=int(cfg.seed))
+        labels = label_names(raw)
+    loaded: LoadedModel = build(cfg.model, num_labels=len(labels), seed=int(cfg.seed))
+    if with_data:
+        splits = tokenize_splits(raw, loaded.tokenizer, loaded.max_length)
+    method: Method = build(cfg.method)
+    torch.manual_seed(int(cfg.seed))  # adapter inits (e.g. LoRA's A) are drawn from the run's seed
+    method.prepare(loaded.model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules)
+    regularizers = []
+    for name, node in regularizer_nodes(cfg).items():
+        reg = build(node, name=name)
+        reg.setup(loaded.model, method)
+        regularizers.append(reg)
+    return Experiment(cfg, loaded, method, regularizers, list(labels), splits)
+
+
+def parameter_table(model: nn.Module) -> list[dict[str, Any]]:
+    """Trainable and total parameters per module type (the module that owns them)."""
+    trainable: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for module in model.modules():
+        kind = type(module).__name__
+        for p in module.parameters(recurse=False):
+            total[kind] += p.numel()
+            if p.requires_grad:
+                trainable[kind] += p.numel()
+    return [
+        {"module": k, "trainable": trainable[k], "total": total[k]}
+        for k in sorted(total, key=lambda k: (-trainable[k], -total[k]))
+    ]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a run must keep: the trainable parameters and the adapters' own buffers.
+
+    Adapter buffers (e.g. SALT's singular vectors) are saved because trained
+    values only make sense in the exact basis they were trained in; a
+    recomputed SVD may flip signs on another machine.
+    """
+    tensors = dict(trainable_parameters(model))
+    for name, module in model.named_modules():
+        if isinstance(module, Adapter):
+            for bname, buf in module.named_buffers(recurse=False):
+                if bname not in module._non_persistent_buffers_set:
+                    tensors[f"{name}.{bname}"] = buf
+    return tensors
+
+
+def initial_of_rewriting_adapters(model: nn.Module, method: Method) -> dict[str, torch.Tensor]:
+    """Initial values of adapters that rewrote their base weight (PiSSA's B0, A0, ...).
+
+    With them a rebuild restores the exact residual ``W - delta(initial)`` even when
+    the initialisation is random (randomized SVD) or differs across machines.
+    """
+    out = {}
+    for lname, layer in adapted_layers(model).items():
+        if layer.adapter.rewrites_base:
+            for pname, _ in layer.adapter.named_parameters():
+                key = f"{lname}.adapter.{pname}"
+                if key in method.initial:
+                    out[key] = method.initial[key].detach().to("cpu").contiguous()
+    return out
+
+
+def _restore_residuals(model: nn.Module, method: Method, initial: dict[str, torch.Tensor],
+                       buffers: dict[str, torch.Tensor]) -> None:
+    """Re-derive each rewritten base as ``unmerge(merge(rebuilt), saved initial)``."""
+    params = dict(model.named_parameters())
+    named_buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for lname, layer in adapted_layers(model).items():
+            if not layer.adapter.rewrites_base:
+                continue
+            original = layer.adapter.merged_weight(layer.base.weight)  # W, from the rebuild's own init
+            prefix = f"{lname}.adapter."
+            for key, value in {**buffers, **initial}.items():
+                if key.startswith(prefix):
+                    target = params.get(key, named_buffers.get(key))
+                    target.copy_(value.to(target.dtype))
+                    if key in method.initial:
+                        method.initial[key] = value.to(method.initial[key].device, method.initial[key].dtype)
+            layer.base.weight.copy_(layer.adapter.unmerged_weight(original))
+
+
+def save_adapter(exp: Experiment, folder: Path) -> None:
+    """Write the trained parameters and what rebuilds them (atomically, via a temp folder)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    weights = {n: t.detach().to("cpu").contiguous() for n, t in trained_tensors(exp.model).items()}
+    save_file(weights, str(tmp / ADAPTER_FILE))
+    initial = initial_of_rewriting_adapters(exp.model, exp.method)
+    if initial:
+        save_file(initial, str(tmp / INITIAL_FILE))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in exp.method.state_dict().items()}
+    if state:
+        save_file(state, str(tmp / METHOD_STATE_FILE))
+    info = {
+        "config": OmegaConf.to_container(exp.cfg, resolve=True),
+        "labels": exp.labels,
+        "parameters": sorted(weights),
+        "source": exp.loaded.source,
+    }
+    (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(info, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def load_trained(run_path: Path, *, with_data: bool = False) -> Experiment:
+    """Rebuild a run's trained model from the pretrained weights and its adapter folder."""
+    folder = Path(run_path) / "adapter"
+    info_file = folder / ADAPTER_CONFIG_FILE
+    if not info_file.is_file():
+        raise UserError(f"run '{run_path}' has no adapter yet (it did not finish): resume it or pick another run")
+    info = json.loads(info_file.read_text())
+    cfg = OmegaConf.create(info["config"])
+    exp = build_experiment(cfg, with_data=with_data, labels=info["labels"])
+    weights = load_file(str(folder / ADAPTER_FILE))
+    if (folder / INITIAL_FILE).is_file():
+        buffers = {k: v for k, v in weights.items() if k in dict(exp.model.named_buffers())}
+        _restore_residuals(exp.model, exp.method, load_file(str(folder / INITIAL_FILE)), buffers)
+    params = {**dict(exp.model.named_parameters()), **dict(exp.model.named_buffers())}
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise UserError(f"adapter of '{run_path}' does not fit its model (e.g. '{missing[0]}'): was it edited?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].dtype))
+    state_file = folder / METHOD_STATE_FILE
+    if state_file.is_file():
+        exp.method.load_state_dict(load_file(str(state_file)))
+    return exp

@@ -1,0 +1,87 @@
+"""DoRA: weight-decomposed low-rank adaptation.
+
+Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation" (METHODS.md §2).
+
+    V = W + s B A                         (LoRA on the direction)
+    y = (m / ||V||_row) * (V x) + b       m in R^out, init m_j = ||W_j,:||_2
+    ||V||_row is DETACHED (paper §4.3, NVlabs dora_simple=True, always on in PEFT)
+    merge: W <- (m / ||W + sBA||_row)[:, None] * (W + sBA);   #P = r (m + n) + m
+
+The forward is PEFT's efficient form, which never materialises V x:
+
+    y = base(x) + (m/||V|| - 1) * (W x) + (m/||V||) * s B A x
+
+``W x`` is ``base(x) - b``, so no second full matmul when dropout is off; with
+dropout in training, ``W dropout(x)`` is computed separately, as PEFT does.
+Numerics follow peft/tuners/lora/dora.py (norm in the input dtype, the same
+order of operations), so outputs match PEFT's ``use_dora=True`` to float rounding.
+
+Since the change is not additive, ``forward``, ``merged_weight`` and
+``unmerged_weight`` are overridden; ``delta_weight()`` is the direction update
+``s B A`` only (the effective weight is ``merged_weight(W)``, which needs W).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from peftlab.methods.lora import LoRA, LoRAAdapter
+
+
+class DoRAAdapter(LoRAAdapter):
+    """LoRA's ``lora_A`` / ``lora_B`` plus the magnitude vector ``lora_magnitude``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, scale: float,
+                 dropout: float = 0.0, init: str = "kaiming"):
+        super().__init__(in_features, out_features, rank, scale, dropout, init)
+        self.lora_magnitude = nn.Parameter(torch.ones(out_features))
+        # ||W + sBA||_row at merge time: unmerging needs it (the merged weight alone does not determine it).
+        self.register_buffer("merge_norm", None, persistent=False)
+
+    def initialize(self, weight: Tensor, calibration: Tensor | None = None) -> Tensor | None:
+        super().initialize(weight, calibration)  # A kaiming (or gaussian), B = 0
+        self.lora_magnitude.data.copy_(torch.linalg.norm(weight.float(), dim=1))
+        return None
+
+    def expected_trainable(self) -> int:
+        return self.rank * (self.in_features + self.out_features) + self.out_features
+
+    @torch.no_grad()
+    def weight_norm(self, weight: Tensor, lora_weight: Tensor) -> Tensor:
+        """``||W + s B A||`` per output row, outside the autograd graph (the detached norm)."""
+        return torch.linalg.norm(weight + self.scale * lora_weight, dim=1).to(weight.dtype)
+
+    def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
+        result = base(x)
+        weight = base.weight.to(x.dtype)
+        norm = self.weight_norm(weight, (self.lora_B @ self.lora_A).to(x.dtype))
+        mag_norm_scale = (self.lora_magnitude / norm).view(1, -1)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            base_result = result if base.bias is None else result - base.bias
+        else:
+            x = self.dropout(x)
+            base_result = F.linear(x, weight)
+        lora_result = F.linear(F.linear(x, self.lora_A), self.lora_B)
+        return result + ((mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * self.scale)
+
+    # -- merging: W' = (m/||W+sBA||) (W + sBA), computed in fp32 ------------------
+    def merged_weight(self, weight: Tensor) -> Tensor:
+        direction = weight.float() + self.delta_weight().float()
+        norm = torch.linalg.norm(direction, dim=1)
+        self.merge_norm = norm
+        return ((self.lora_magnitude.float() / norm)[:, None] * direction).to(weight.dtype)
+
+    def unmerged_weight(self, merged: Tensor) -> Tensor:
+        if self.merge_norm is None:
+            raise RuntimeError("DoRA unmerge needs the weight norm cached by merge(); this layer was not merged here")
+        factor = (self.lora_magnitude.float() / self.merge_norm)[:, None]
+        self.merge_norm = None
+        return (merged.float() / factor - self.delta_weight().float()).to(merged.dtype)
+
+
+class DoRA(LoRA):
+    """DoRA: LoRA options (rank, alpha, dropout, rslora, init, target_modules) plus a trained magnitude."""
+
+    adapter_class = DoRAAdapter

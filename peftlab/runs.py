@@ -1,0 +1,615 @@
+"""The run store: versioned run folders, status, atomic writes, listing.
+
+Layout (see DESIGN.md, "Run folders")::
+
+    <root>/<name>/v<N>/
+      config.yaml     fully resolved config
+      overrides.txt   what the user typed, one override a line
+      meta.json       status, times, git commit (+dirty), versions, host, device, seed, argv
+      metrics.jsonl   one JSON object a line per logged step / eval
+      summary.json    final + best metrics, params, memory, throughput, wall time
+      adapter/        adapter weights
+      checkpoints/    resumable state
+
+summary.json keys read by ``peftlab runs`` / ``peftlab show`` (all optional)::
+
+    test: {<metric>: value, ...}                 final test metrics
+    final_validation: {<metric>: value, ...}     last validation metrics
+    best_validation: {step: int, <metric>: ...}  best validation point
+    metric                                       the key metric's name (trainer.metric)
+    trainable_params, total_params, steps, wall_time_s, tokens_per_s, peak_memory_mb, device
+
+Versions are allocated with an exclusive ``os.mkdir`` so concurrent processes never
+share a folder; every file but metrics.jsonl is written to a temporary name in the
+same folder and renamed over the target. ``status`` moves running -> completed |
+failed | interrupted, and completed only once summary.json exists.
+
+No torch (nor transformers/datasets/accelerate) is imported here, so listing and
+showing runs stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from peftlab.errors import UserError, did_you_mean
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+TERMINAL = ("completed", "failed", "interrupted")
+PACKAGES = (
+    "peftlab",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "hydra-core",
+    "omegaconf",
+    "peft",
+    "safetensors",
+)
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def runs_root(runs_dir: str | Path | None = None) -> Path:
+    """Where run folders live: ``runs_dir`` if given, else ``$PEFTLAB_RUNS_DIR``, else ``./runs``."""
+    if runs_dir:
+        return Path(runs_dir).expanduser()
+    env = os.environ.get("PEFTLAB_RUNS_DIR")
+    return Path(env).expanduser() if env else Path("runs")
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 in UTC, e.g. ``2025-01-31T12:00:00+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_iso(iso: str | None) -> datetime | None:
+    """Parse an ISO timestamp (naive values are taken as UTC); None when unparsable."""
+    if not iso or not isinstance(iso, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def age(iso: str | None) -> str:
+    """How long ago ``iso`` was, compactly: ``"45s"``, ``"3m"``, ``"2h"``, ``"5d"`` (``"-"`` if unknown)."""
+    dt = parse_iso(iso)
+    if dt is None:
+        return "-"
+    seconds = max(0, int((datetime.now(timezone.utc) - dt).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def version_number(version: str) -> int | None:
+    """``"v12"`` -> 12; None for anything that is not a version folder name."""
+    m = _VERSION.match(version)
+    return int(m.group(1)) if m else None
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy / torch scalars have .item(); paths and the rest become strings.
+    item = getattr(obj, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except Exception:  # noqa: BLE001 - fall back to str below
+            pass
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not possible on every platform, so best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, fsync it, and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """``atomic_write_text`` of ``obj`` as indented JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)
+
+
+# --------------------------------------------------------------------------- Run
+
+
+class Run:
+    """One run folder ``<root>/<name>/<version>``."""
+
+    def __init__(self, path: str | Path):
+        self.path: Path = Path(path).absolute()
+        self.name: str = self.path.parent.name
+        self.version: str = self.path.name
+        self._meta: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def label(self) -> str:
+        """``name/version``, how runs are named on the command line."""
+        return f"{self.name}/{self.version}"
+
+    # ---- files
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def overrides_path(self) -> Path:
+        return self.path / "overrides.txt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    # ---- reading
+    @property
+    def meta(self) -> dict:
+        """meta.json as a dict ({} when missing). Cached; ``write_meta`` keeps it current."""
+        if self._meta is None:
+            self._meta = _read_json(self.meta_path)
+        return dict(self._meta)
+
+    def reload(self) -> "Run":
+        """Forget cached meta (another process may have written it)."""
+        self._meta = None
+        return self
+
+    @property
+    def summary(self) -> dict:
+        """summary.json as a dict ({} when missing)."""
+        return _read_json(self.summary_path)
+
+    @property
+    def config(self) -> dict:
+        """The resolved config.yaml as a plain dict ({} when missing or unreadable)."""
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        try:
+            data = _load_yaml(text)
+        except Exception:  # noqa: BLE001 - a damaged config must not break listing
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def status(self) -> str:
+        """running | completed | failed | interrupted, or "unknown"."""
+        return str(self.meta.get("status") or "unknown")
+
+    @property
+    def started_at(self) -> str | None:
+        return self.meta.get("started_at")
+
+    def metrics(self) -> list[dict]:
+        """Every record of metrics.jsonl; a truncated or damaged line (a crash mid-write) is skipped."""
+        try:
+            with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        records = []
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def overrides(self) -> list[str]:
+        """The overrides the user typed (overrides.txt), one per line."""
+        try:
+            text = self.overrides_path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [line for line in text.splitlines() if line.strip()]
+
+    # ---- writing
+    def write_config(self, config_yaml: str, overrides: list[str]) -> None:
+        """Write the resolved config.yaml and overrides.txt (both atomically)."""
+        atomic_write_text(self.config_path, config_yaml)
+        atomic_write_text(self.overrides_path, "".join(f"{o}\n" for o in overrides))
+
+    def write_meta(self, **fields: Any) -> dict:
+        """Merge ``fields`` into meta.json (read-modify-write, atomic); returns the new meta."""
+        meta = _read_json(self.meta_path)
+        meta.update(fields)
+        atomic_write_json(self.meta_path, meta)
+        self._meta = meta
+        return dict(meta)
+
+    def set_status(self, status: str, **fields: Any) -> dict:
+        """Move the run to ``status`` (running | completed | failed | interrupted).
+
+        Terminal states record ``ended_at``. "completed" is refused (ValueError)
+        until summary.json exists, so a completed run always has its summary.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        if status == "completed" and not self.summary_path.is_file():
+            raise ValueError(f"cannot mark {self.path} completed: summary.json has not been written")
+        update: dict[str, Any] = {"status": status}
+        if status in TERMINAL:
+            update["ended_at"] = now_iso()
+        else:
+            # (Re)started, e.g. resumed: this process now owns the run (see is_stale).
+            update.update(ended_at=None, pid=os.getpid(), host=socket.gethostname())
+        update.update(fields)
+        return self.write_meta(**update)
+
+    def append_metrics(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl (and flush it)."""
+        line = json.dumps(record, default=_json_default)
+        with open(self.metrics_path, "a+b") as f:
+            # A crash mid-line leaves no trailing newline; start a fresh line so the
+            # damaged record stays the only one lost (e.g. when a run is resumed).
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write(line.encode("utf-8") + b"\n")
+            f.flush()
+
+    def write_summary(self, summary: dict) -> None:
+        """Write summary.json atomically."""
+        atomic_write_json(self.summary_path, summary)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _check_name(name: str) -> str:
+    name = str(name) if name is not None else ""
+    bad = (
+        not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or (os.sep in name)
+        or (os.altsep is not None and os.altsep in name)
+        or "\0" in name
+    )
+    if bad:
+        raise UserError(
+            f"name={name!r} is not allowed: name= must be a plain folder name "
+            f"(no '/' or '\\', not empty), e.g. name=lora-r8"
+        )
+    return name
+
+
+def _versions(folder: Path) -> list[tuple[int, str]]:
+    """``[(N, "vN")]`` of the version folders in ``folder``, sorted numerically."""
+    out = []
+    try:
+        entries = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        n = version_number(entry)
+        if n is not None:
+            out.append((n, entry))
+    return sorted(out)
+
+
+def allocate(root: str | Path, name: str) -> Run:
+    """Create and return a new run folder ``root/name/vN`` with N = 1 + the highest existing.
+
+    The folder is created with an exclusive ``os.mkdir``; when another process
+    wins a number, the next one is tried, so concurrent runs never share a folder.
+    """
+    name = _check_name(name)
+    parent = Path(root) / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except NotADirectoryError:
+        raise UserError(f"cannot create run folder under '{parent}': a file is in the way") from None
+    versions = _versions(parent)
+    n = (versions[-1][0] if versions else 0) + 1
+    for _ in range(100_000):
+        path = parent / f"v{n}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            n += 1
+            continue
+        return Run(path)
+    raise RuntimeError(f"could not allocate a version under {parent}")
+
+
+def open_run(path: str | Path) -> Run:
+    """The run at ``path``; UserError when the folder has no meta.json."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise UserError(
+            f"'{path}' is not a run folder (no meta.json): pass a folder like runs/<name>/v<N>, "
+            f"or a run name; list them with `peftlab runs`"
+        )
+    return Run(path)
+
+
+def _started_ts(run: Run) -> float:
+    dt = parse_iso(run.started_at)
+    if dt is not None:
+        return dt.timestamp()
+    try:
+        return run.meta_path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def list_runs(root: str | Path) -> list[Run]:
+    """Every run under ``root`` (``root/*/v*/meta.json``), newest first by started_at."""
+    root = Path(root)
+    runs = []
+    try:
+        names = sorted(os.scandir(root), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in names:
+        if not entry.is_dir():
+            continue
+        for _, version in _versions(Path(entry.path)):
+            folder = Path(entry.path) / version
+            if (folder / "meta.json").is_file():
+                runs.append(Run(folder))
+    keyed = [(_started_ts(r), version_number(r.version) or 0, r) for r in runs]
+    keyed.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    return [r for _, _, r in keyed]
+
+
+def run_names(root: str | Path) -> list[str]:
+    """Names of the run folders under ``root`` that hold at least one run."""
+    root = Path(root)
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    names = []
+    for entry in entries:
+        if entry.is_dir() and any(
+            (Path(entry.path) / v / "meta.json").is_file() for _, v in _versions(Path(entry.path))
+        ):
+            names.append(entry.name)
+    return sorted(names)
+
+
+def _latest(folder: Path) -> Run | None:
+    for _, version in reversed(_versions(folder)):
+        if (folder / version / "meta.json").is_file():
+            return Run(folder / version)
+    return None
+
+
+def resolve(spec: str | Path, root: str | Path) -> Run:
+    """Find a run from what the user typed.
+
+    ``spec`` is a path to a run folder, a run ``name`` (its latest version), or
+    ``name/vN``. Anything else is a UserError with a did-you-mean.
+    """
+    root = Path(root)
+    text = str(spec).strip()
+    if not text:
+        raise UserError("no run given: pass a run name, name/vN, or a run folder (see `peftlab runs`)")
+    path = Path(text).expanduser()
+
+    # 1. a run folder (or a folder of versions) on disk
+    candidates = (path,) if path.is_absolute() else (root / text, path)
+    for candidate in candidates:
+        if (candidate / "meta.json").is_file():
+            return Run(candidate)
+        if candidate.is_dir() and _versions(candidate):
+            latest = _latest(candidate)
+            if latest is not None:
+                return latest
+
+    names = run_names(root)
+    head, sep, tail = text.rstrip("/").rpartition("/")
+    # 2. name/vN whose version is missing
+    if sep and version_number(tail) is not None and (root / head).is_dir():
+        versions = [v for _, v in _versions(root / head) if (root / head / v / "meta.json").is_file()]
+        if versions:
+            raise UserError(
+                f"run '{head}' has no version '{tail}'{did_you_mean(tail, versions)}; "
+                f"its versions: {', '.join(versions)}"
+            )
+    # 3. a path that exists but is not a run
+    if path.is_dir() and not (path / "meta.json").is_file() and (sep or path.is_absolute() or text.startswith(".")):
+        open_run(path)  # raises the "is not a run folder" UserError
+
+    wanted = head if sep and version_number(tail) is not None else text
+    hint = did_you_mean(wanted, names)
+    if names:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        where = f"runs under '{root}': {shown}"
+    else:
+        where = f"no runs under '{root}' yet (start one with `peftlab train`, or pass --runs-dir)"
+    raise UserError(f"unknown run '{text}'{hint}; {where}")
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _git(args: list[str], cwd: str | Path | None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def git_info(cwd: str | Path | None = None) -> dict:
+    """``{"commit": sha | None, "dirty": bool | None}`` of the git repo at ``cwd``.
+
+    dirty means tracked files differ from HEAD (untracked files, such as run
+    folders, do not count). Without git, or outside a repo, both are None.
+    """
+    commit = _git(["rev-parse", "--verify", "HEAD"], cwd)
+    commit = (commit.strip() or None) if commit is not None else None
+    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    dirty = None if status is None else bool(status.strip())
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment() -> dict:
+    """Python, platform, host and package versions (read from metadata, nothing is imported)."""
+    from importlib import metadata
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "executable": sys.executable,
+        "packages": packages,
+    }
+
+
+def new_meta(argv: list[str], seed: int, device: str | None = None) -> dict:
+    """The initial meta.json of a run that is starting now."""
+    return {
+        "status": "running",
+        "started_at": now_iso(),
+        "ended_at": None,
+        "argv": list(argv),
+        "seed": seed,
+        "device": device,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "git": git_info(),
+        "environment": environment(),
+    }
+
+
+def pid_alive(pid: Any) -> bool | None:
+    """Whether process ``pid`` exists on this host (None when it cannot be told)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def is_stale(run: Run) -> bool:
+    """A run marked running whose process on this host is gone (killed without a trace)."""
+    meta = run.meta
+    if meta.get("status") != "running":
+        return False
+    host = meta.get("host") or (meta.get("environment") or {}).get("hostname")
+    if host != socket.gethostname():
+        return False
+    return pid_alive(meta.get("pid")) is False
