@@ -26,7 +26,7 @@ from peftlab.errors import UserError, did_you_mean
 
 GROUPS = ("model", "dataset", "method", "regularizer", "optimizer", "trainer")
 # Keys that describe a component for `peftlab ls`; they are not constructor arguments.
-META_KEYS = ("description", "paper", "_target_")
+META_KEYS = ("description", "paper", "default_lr", "_target_")
 
 
 def config_dir() -> Path:
@@ -193,6 +193,7 @@ class TrainerSchema:
     precision: str = "fp32"
     cpu: bool = False
     deterministic: bool = True
+    group_by_length: bool = True
     metric: str = "accuracy"
 
 
@@ -222,6 +223,7 @@ RANGE_RULES: list[tuple[str, Any, str]] = [
     ("optimizer.lr", lambda v: v > 0, "a number > 0"),
     ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
     ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("analysis", lambda v: v in ("spectral",), "analysis=spectral, or analysis=null for none"),
 ]
 
 
@@ -253,6 +255,10 @@ def validate(cfg: DictConfig) -> None:
         root = _typed(RootSchema, root_only, "")
         for k in root:
             cfg[k] = root[k]
+    if cfg.optimizer.get("lr") is None:
+        # optimizer.lr=null means "the learning rate the method's YAML recommends".
+        with _unlocked(cfg):
+            cfg.optimizer.lr = float(cfg.method.get("default_lr") or 5e-4)
     for path, ok, allowed in RANGE_RULES:
         value = OmegaConf.select(cfg, path, default=None)
         if value is None:

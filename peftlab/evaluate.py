@@ -22,9 +22,12 @@ def make_loader(dataset: Any, tokenizer: Any, batch_size: int, batches: Any = No
     from transformers import DataCollatorWithPadding
 
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    # A private generator: iterating a DataLoader otherwise draws its base seed from the
+    # global RNG, which shifts the dropout stream and breaks exact resumption.
+    private = torch.Generator()
     if batches is not None:
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=private)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=private)
 
 
 @torch.no_grad()

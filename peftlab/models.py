@@ -112,6 +112,7 @@ def load_classifier(
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if not isinstance(max_length, int) or max_length < 8:
         raise UserError(f"model.max_length={max_length} is not allowed: use an integer >= 8")
     source = resolve_source(name)

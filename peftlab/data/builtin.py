@@ -30,7 +30,9 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DATA_FILE = Path(__file__).parent / "stdlib_docs.jsonl"
 
 
-def load_stdlib_docs(text_field: str = "text", label_field: str = "label", seed: int = 0) -> datasets.DatasetDict:
+def load_stdlib_docs(
+    text_field: str = "text", label_field: str = "label", seed: int = 0
+) -> datasets.DatasetDict:
     """Return the frozen splits with columns ``text`` (str) and ``label`` (ClassLabel).
 
     ``text_field`` and ``label_field`` name the file's columns (kept for symmetry

@@ -1,8 +1,10 @@
 """Build the built-in dataset from Python standard-library docstrings.
 
 Run ``python -m peftlab.data.generate_stdlib_docs`` to (re)write
-``peftlab/data/stdlib_docs.jsonl``. The file is frozen in the repo: training
-never runs this script, it only reads the file (``builtin.load_stdlib_docs``).
+``peftlab/data/stdlib_docs.jsonl``. Run it as a module: run as a file, the
+sibling ``tokenize.py`` would shadow the standard library's ``tokenize``. The
+file is frozen in the repo: training never runs this script, it only reads
+the file (``builtin.load_stdlib_docs``).
 
 Each example is the cleaned docstring of one public function, class or method,
 labelled by the family of the module that defines it (text, math, files, net,
@@ -28,32 +30,94 @@ from pathlib import Path
 # a module name, or "module:Class" to walk one class (the str methods are text).
 FAMILIES: dict[str, tuple[str, ...]] = {
     "text": (
-        "string", "re", "textwrap", "difflib", "unicodedata", "codecs", "html",
-        "html.parser", "shlex", "locale", "reprlib", "builtins:str",
+        "string",
+        "re",
+        "textwrap",
+        "difflib",
+        "unicodedata",
+        "codecs",
+        "html",
+        "html.parser",
+        "shlex",
+        "locale",
+        "reprlib",
+        "builtins:str",
     ),
     "math": (
-        "math", "cmath", "statistics", "decimal", "fractions", "random", "numbers",
+        "math",
+        "cmath",
+        "statistics",
+        "decimal",
+        "fractions",
+        "random",
+        "numbers",
         "operator",
     ),
     "files": (
-        "os.path", "pathlib", "shutil", "glob", "fnmatch", "tempfile", "filecmp",
-        "zipfile", "tarfile", "io", "gzip", "bz2", "lzma", "fileinput", "stat",
+        "os.path",
+        "pathlib",
+        "shutil",
+        "glob",
+        "fnmatch",
+        "tempfile",
+        "filecmp",
+        "zipfile",
+        "tarfile",
+        "io",
+        "gzip",
+        "bz2",
+        "lzma",
+        "fileinput",
+        "stat",
     ),
     "net": (
-        "socket", "ssl", "http.client", "http.server", "http.cookies",
-        "http.cookiejar", "urllib.request", "urllib.parse", "urllib.robotparser",
-        "smtplib", "ftplib", "poplib", "imaplib", "ipaddress", "email.message",
-        "email.utils", "socketserver",
+        "socket",
+        "ssl",
+        "http.client",
+        "http.server",
+        "http.cookies",
+        "http.cookiejar",
+        "urllib.request",
+        "urllib.parse",
+        "urllib.robotparser",
+        "smtplib",
+        "ftplib",
+        "poplib",
+        "imaplib",
+        "ipaddress",
+        "email.message",
+        "email.utils",
+        "socketserver",
     ),
     "data": (
-        "json", "csv", "pickle", "sqlite3", "collections", "struct",
-        "configparser", "xml.etree.ElementTree", "base64", "shelve", "dbm",
-        "plistlib", "binascii", "array", "copyreg", "marshal",
+        "json",
+        "csv",
+        "pickle",
+        "sqlite3",
+        "collections",
+        "struct",
+        "configparser",
+        "xml.etree.ElementTree",
+        "base64",
+        "shelve",
+        "dbm",
+        "plistlib",
+        "binascii",
+        "array",
+        "copyreg",
+        "marshal",
     ),
     "concurrency": (
-        "threading", "multiprocessing", "multiprocessing.pool",
-        "multiprocessing.managers", "asyncio", "concurrent.futures", "queue",
-        "subprocess", "selectors", "contextvars",
+        "threading",
+        "multiprocessing",
+        "multiprocessing.pool",
+        "multiprocessing.managers",
+        "asyncio",
+        "concurrent.futures",
+        "queue",
+        "subprocess",
+        "selectors",
+        "contextvars",
     ),
     # The smallest family: the pure-Python datetime (same API, its own wording)
     # and sched (events at given times) help it along.
@@ -283,7 +347,9 @@ def main() -> None:
     OUTPUT.write_text(render(records), encoding="utf-8")
     print(f"wrote {len(records)} examples to {OUTPUT}")
     for split in SPLITS:
-        counts = {label: sum(r["split"] == split and r["label"] == label for r in records) for label in LABELS}
+        counts = {
+            label: sum(r["split"] == split and r["label"] == label for r in records) for label in LABELS
+        }
         print(f"  {split:<10} " + " ".join(f"{k}={v}" for k, v in counts.items()))
 
 

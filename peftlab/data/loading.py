@@ -25,7 +25,13 @@ import pyarrow.compute as pc
 from peftlab.errors import UserError, did_you_mean
 
 # File extension -> datasets' packaged builder (these need no network).
-BUILDERS: dict[str, str] = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+BUILDERS: dict[str, str] = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+}
 SUPPORTED = ", ".join(sorted(BUILDERS))
 # Suffixes that mark a path as a (missing) local file rather than a hub id.
 _FILE_SUFFIXES = set(BUILDERS) | {".txt", ".gz", ".zip", ".arrow", ".xlsx", ".xls", ".xml"}
@@ -90,9 +96,10 @@ def load_text_classification(
     with quiet_datasets():
         raw, source = _load_raw(path, subset, revision, train_split)
         picked = {role: _pick_split(raw, role, name, source) for role, name in requested.items()}
-        fields = {"text": ("text_field", text_field), "label": ("label_field", label_field)}
+        fields = {"text": ("text_field", text_field)}
         if text_pair_field is not None:
             fields["text_pair"] = ("text_pair_field", text_pair_field)
+        fields["label"] = ("label_field", label_field)
         splits = {
             role: _select_columns(ds, fields, source, requested[role] or role)
             for role, ds in picked.items()
@@ -192,9 +199,18 @@ def _read_files(files: list[Path], shown: str, role: str) -> datasets.Dataset:
             builders.pop(), data_files={"train": [str(f) for f in files]}, split="train", **options
         )
     except (
-        datasets.exceptions.DatasetGenerationError, pa.ArrowException, ValueError, UnicodeError, StopIteration
+        datasets.exceptions.DatasetGenerationError,
+        pa.ArrowException,
+        ValueError,
+        UnicodeError,
+        StopIteration,
     ) as exc:
-        raise UserError(f"could not read {files[0]}: {_root_cause(exc)}; check that the file is valid") from exc
+        if "corresponds to no data" in str(exc):
+            # datasets cannot build a split with no rows (e.g. a CSV with only a header).
+            raise _empty_split(role, role, shown) from exc
+        raise UserError(
+            f"could not read {files[0]}: {_root_cause(exc)}; check that the file is valid"
+        ) from exc
 
 
 def _split_of(file: Path) -> str | None:
@@ -218,7 +234,9 @@ def _read_folder(folder: Path, shown: str) -> dict[str, Reader]:
         and not any(part.startswith(".") for part in f.relative_to(folder).parts)
     )
     if not files:
-        raise UserError(f"dataset.path={shown!r} is a folder with no data files; add train.* files ({SUPPORTED})")
+        raise UserError(
+            f"dataset.path={shown!r} is a folder with no data files; add train.* files ({SUPPORTED})"
+        )
     groups: dict[str, list[Path]] = {}
     for file in files:
         role = _split_of(file)
@@ -235,7 +253,11 @@ def _read_folder(folder: Path, shown: str) -> dict[str, Reader]:
 
 def _load_hub(name: str, subset: str | None, revision: str | None) -> dict[str, Reader]:
     """``datasets.load_dataset`` from the hub; any failure is the user's to fix."""
-    what = f"{name!r}" + (f" (subset {subset!r})" if subset else "") + (f" at revision {revision!r}" if revision else "")
+    what = (
+        f"{name!r}"
+        + (f" (subset {subset!r})" if subset else "")
+        + (f" at revision {revision!r}" if revision else "")
+    )
     try:
         loaded = datasets.load_dataset(name, subset, revision=revision)
     except ConnectionError as exc:
@@ -243,7 +265,7 @@ def _load_hub(name: str, subset: str | None, revision: str | None) -> dict[str, 
             f"dataset {what} could not be reached on the Hugging Face hub ({_first_line(exc)}); "
             f"check the id and connection, or pass a local file: dataset.path=path/to/data.jsonl"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - a bad id/subset/revision surfaces as many types
+    except Exception as exc:  # a bad id, subset or revision surfaces as many exception types
         raise UserError(
             f"dataset {what} could not be loaded from the Hugging Face hub ({_first_line(exc)}); "
             f"check dataset.path/subset/revision, or pass a local file: dataset.path=path/to/data.jsonl"
@@ -260,8 +282,10 @@ def _root_cause(exc: BaseException) -> str:
 
 def _empty_split(role: str, name: str, source: str) -> UserError:
     """The error for a split with no rows (train cannot be carved from anything)."""
-    fix = "add rows to it" if role == "train" else (
-        f"add rows to it or set dataset.{role}_split=null to carve it out of train"
+    fix = (
+        "add rows to it"
+        if role == "train"
+        else (f"add rows to it or set dataset.{role}_split=null to carve it out of train")
     )
     return UserError(f"split {name!r} of {source} is empty; {fix}")
 
@@ -390,8 +414,10 @@ def _check_no_missing_labels(ds: datasets.Dataset, role: str, source: str, label
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         missing += pc.sum(pc.less(column, 0)).as_py() or 0
     if missing:
-        fix = "drop or label those rows" if role == "train" else (
-            f"drop or label those rows, or set dataset.{role}_split=null to carve {role} out of train"
+        fix = (
+            "drop or label those rows"
+            if role == "train"
+            else (f"drop or label those rows, or set dataset.{role}_split=null to carve {role} out of train")
         )
         raise UserError(
             f"dataset.label_field={label_field!r} has {missing} missing values (null, NaN or negative) "

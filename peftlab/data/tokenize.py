@@ -140,7 +140,9 @@ def tokenizer_hash(tokenizer: Any) -> str:
 # ---------------------------------------------------------------- tokenizing and storing
 
 
-def _tokenize_split(ds: datasets.Dataset, tokenizer: Any, max_length: int, fingerprint: str) -> datasets.Dataset:
+def _tokenize_split(
+    ds: datasets.Dataset, tokenizer: Any, max_length: int, fingerprint: str
+) -> datasets.Dataset:
     """Tokenize one split; ``label`` becomes ``labels`` (what transformers models expect)."""
     has_pair = "text_pair" in ds.column_names
 

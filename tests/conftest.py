@@ -1,0 +1,29 @@
+"""Shared fixtures: every test gets its own runs folder and a session-wide tokenization cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory):
+    os.environ["PEFTLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("peftlab-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(folder))
+    return folder
+
+
+def peftlab(*args: str, cwd=None, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout)
