@@ -1,0 +1,436 @@
+"""Export a trained run: as a Hugging Face PEFT LoRA adapter, or as a merged transformers checkpoint.
+
+``--format peft`` writes a folder that ``peft.PeftModel.from_pretrained(base, OUT)``
+loads on the ORIGINAL pretrained model (``AutoModelForSequenceClassification.from_pretrained``
+of the run's model with the run's label count). Two paths, chosen per run by what the
+adapters can do, never by the method's name:
+
+* native: every adapter is plain LoRA on the unchanged base weight (parameters exactly
+  ``lora_A`` / ``lora_B``, plus ``lora_magnitude`` for DoRA, a numeric ``scale``, no
+  persistent buffers, ``rewrites_base`` false) AND the PEFT formula for those
+  parameters reproduces ``adapter.merged_weight(W)``. Then the factors are written as
+  they are (DoRA's magnitude as ``lora_magnitude_vector``, ``use_dora`` true).
+* factorised: everything else (PiSSA, MiLoRA, OLoRA, SORSA, SVFit, SALT, any future
+  adapter). The weight change of each layer is
+
+      dW = adapter.merged_weight(base) - (the same inside method.reference(model))
+
+  i.e. W_ft - W_0, computed in fp32 and factored by an fp32 SVD into
+  ``B = U_k sqrt(S_k)``, ``A = sqrt(S_k) V_k^T`` with ``lora_alpha = r`` (scale 1).
+  k = min(K, numerical rank of dW), K = ``rank`` or, by default, twice the adapter's
+  rank (PiSSA-like changes ``s(BA - B0A0)`` have rank <= 2r, so this is exact for
+  them), or the numerical rank when the adapter has no rank. The relative error
+  ``||dW - dW_k||_F / ||dW||_F`` of every layer goes into ``export_report.json``.
+
+Trained parameters outside the adapters (the classification head) are written as
+PEFT ``modules_to_save`` weights; a run that trains anything PEFT cannot hold (a
+frozen-base weight, e.g. full fine-tuning) is refused with a pointer to
+``--format merged``. Biases are never changed by adapters.
+
+``--format merged`` folds every adapter into its Linear, swaps each AdaptedLinear for
+its plain ``nn.Linear`` and saves an ordinary transformers checkpoint (safetensors)
+plus the tokenizer, with ``id2label`` / ``label2id`` from the run.
+
+Both formats also get ``peftlab_export.json`` (the run, its resolved config, labels,
+max_length), so ``peftlab eval OUT`` can evaluate the export on the run's data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from peftlab.errors import UserError
+from peftlab.experiment import Experiment
+from peftlab.methods.base import Adapter, AdaptedLinear, adapted_layers, replace_module, trainable_parameters
+
+FORMATS = ("peft", "merged")
+EXPORT_INFO_FILE = "peftlab_export.json"
+REPORT_FILE = "export_report.json"
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+#: the native path is taken only when PEFT's formula matches merged_weight() this closely (relative, fp32)
+NATIVE_TOLERANCE = 1e-5
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> None:
+    """Refuse to write over anything the user has, unless ``force`` (and never over a run)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output '{out}' is a file: pass a folder path for the export")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
+        raise UserError(f"output folder '{out}' exists and is not empty: choose a new folder or pass --force to replace it")
+    resolved = out.resolve()
+    if (out / "meta.json").is_file() or (run_path is not None and (
+            resolved == Path(run_path).resolve() or resolved in Path(run_path).resolve().parents)):
+        raise UserError(f"output folder '{out}' is (or holds) a run folder: --force never replaces runs; pick another folder")
+    if resolved == Path.cwd().resolve() or resolved == Path.home().resolve() or resolved.parent == resolved:
+        raise UserError(f"output folder '{out}' is the current, home or root folder: pick a dedicated folder")
+
+
+def _staging(out: Path) -> Path:
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished export into place (replacing ``out`` only after everything is written)."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _export_info(exp: Experiment, run_path: Path, fmt: str) -> dict[str, Any]:
+    cfg = OmegaConf.to_container(exp.cfg, resolve=True)
+    return {
+        "format": fmt,
+        "run": str(Path(run_path).resolve()),
+        "method": cfg.get("method", {}).get("_target_"),
+        "labels": list(exp.labels),
+        "max_length": int(exp.loaded.max_length),
+        "base_model": exp.loaded.source,
+        "base_random_init": bool(cfg.get("model", {}).get("random_init", False)),
+        "config": cfg,
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- the weight change
+
+
+def _own_parameters(adapter: Adapter) -> dict[str, Tensor]:
+    return dict(adapter.named_parameters())
+
+
+def _persistent_buffers(adapter: Adapter) -> list[str]:
+    return [n for n, _ in adapter.named_buffers(recurse=False) if n not in adapter._non_persistent_buffers_set]
+
+
+def native_kind(adapter: Adapter) -> str | None:
+    """``"lora"`` / ``"dora"`` when the adapter has exactly PEFT's LoRA (or DoRA) parameters; else None.
+
+    Duck typing only: no class or method names. The result is a candidate; see
+    :func:`native_matches` for the numerical check.
+    """
+    if getattr(adapter, "rewrites_base", False) or _persistent_buffers(adapter):
+        return None
+    params = _own_parameters(adapter)
+    a, b, scale = params.get("lora_A"), params.get("lora_B"), getattr(adapter, "scale", None)
+    if a is None or b is None or isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        return None
+    if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
+        return None
+    if set(params) == {"lora_A", "lora_B"}:
+        return "lora"
+    magnitude = params.get("lora_magnitude")
+    if set(params) == {"lora_A", "lora_B", "lora_magnitude"} and magnitude.dim() == 1 and magnitude.numel() == b.shape[0]:
+        return "dora"
+    return None
+
+
+@torch.no_grad()
+def peft_merged(kind: str, adapter: Adapter, weight: Tensor) -> Tensor:
+    """The weight PEFT computes from these parameters on the original W (fp32)."""
+    w = weight.float()
+    direction = w + float(adapter.scale) * (adapter.lora_B.float() @ adapter.lora_A.float())
+    if kind == "lora":
+        return direction
+    return (adapter.lora_magnitude.float() / torch.linalg.norm(direction, dim=1))[:, None] * direction
+
+
+@torch.no_grad()
+def native_matches(kind: str, adapter: Adapter, weight: Tensor) -> bool:
+    expected = adapter.merged_weight(weight.float()).float()
+    got = peft_merged(kind, adapter, weight)
+    return bool(torch.linalg.norm(got - expected) <= NATIVE_TOLERANCE * torch.linalg.norm(expected).clamp(min=1e-30))
+
+
+@torch.no_grad()
+def weight_change(model: nn.Module, method: Any, name: str, layer: AdaptedLinear) -> tuple[Tensor, Tensor]:
+    """``(dW, W_ft)`` of one layer in fp32: merged fine-tuned minus merged pretrained (``method.reference``)."""
+    fine_tuned = layer.adapter.merged_weight(layer.base.weight.float()).float()
+    with method.reference(model):
+        pretrained = layer.adapter.merged_weight(layer.base.weight.float()).float()
+    return fine_tuned - pretrained, fine_tuned
+
+
+def numerical_rank(sigma: Tensor, shape: tuple[int, int], weight_norm: float) -> int:
+    """Singular values of dW above the noise of computing it as a difference of two fp32 weights.
+
+    Rounding each entry of W_ft and W_0 errs by at most eps |entry|, so the noise
+    matrix has spectral norm <= ~2 eps ||W_ft||_F; the SVD itself adds
+    ~max(m, n) eps sigma_1.
+    """
+    if sigma.numel() == 0:
+        return 0
+    eps = torch.finfo(torch.float32).eps
+    tol = max(4 * eps * weight_norm, max(shape) * eps * float(sigma[0]))
+    return int((sigma > tol).sum())
+
+
+def default_rank(adapter: Adapter, method: Any) -> int | None:
+    """Twice the adapter's rank (or the method's): the rank bound of a PiSSA-like change ``s(BA - B0A0)``."""
+    for owner in (adapter, method):
+        r = getattr(owner, "rank", None)
+        if isinstance(r, int) and not isinstance(r, bool) and r > 0:
+            return 2 * r
+    return None
+
+
+@torch.no_grad()
+def factorize(delta: Tensor, weight_norm: float, rank: int | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """``B (m x k)``, ``A (k x n)`` with ``B A`` the best rank-k approximation of ``delta``, and the layer's report."""
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    full = numerical_rank(s, tuple(delta.shape), weight_norm)
+    k = full if rank is None else min(rank, full)
+    k = max(k, 1)  # PEFT needs r >= 1; an unchanged layer gets a zero pair
+    root = torch.sqrt(s[:k].clamp(min=0))
+    if full == 0:
+        root = torch.zeros_like(root)
+    b = (u[:, :k] * root).contiguous()
+    a = (root[:, None] * vh[:k]).contiguous()
+    power = s.double() ** 2
+    total = float(power.sum())
+    tail = float(power[k:].sum()) if full > 0 else 0.0
+    error = math.sqrt(tail / total) if total > 0 else 0.0
+    return b, a, {"rank": k, "numerical_rank": full, "relative_error": error, "exact": k >= full}
+
+
+# --------------------------------------------------------------------------- PEFT
+
+
+def extra_trained_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules owning trainable parameters outside the adapters (e.g. the classifier head).
+
+    Raises a UserError for trainable parameters PEFT cannot hold next to LoRA (the
+    base weight of an adapted layer), e.g. when a method trains the whole model.
+    """
+    layers = adapted_layers(model)
+    owners: dict[str, nn.Module] = {}
+    for pname in trainable_parameters(model):
+        owner, _, _ = pname.rpartition(".")
+        if any(owner == f"{lname}.adapter" or owner.startswith(f"{lname}.adapter.") for lname in layers):
+            continue
+        if any(owner == lname or owner.startswith(f"{lname}.") for lname in layers):
+            raise UserError(
+                f"this run trains '{pname}', a weight under an adapted layer, which a PEFT LoRA adapter cannot hold: "
+                f"use --format merged"
+            )
+        owners[owner] = model.get_submodule(owner) if owner else model
+    # Keep the outermost owners (a head module and its children become one entry).
+    names = sorted(owners, key=len)
+    kept = [n for i, n in enumerate(names) if not any(n.startswith(p + ".") for p in names[:i])]
+    if "" in kept:
+        raise UserError("this run trains parameters of the model root, which PEFT cannot hold: use --format merged")
+    return {n: owners[n] for n in kept}
+
+
+def _lora_hparams(method: Any, ranks: dict[str, int], scales: dict[str, float]) -> dict[str, Any]:
+    """r / lora_alpha / use_rslora (+ rank_pattern, alpha_pattern) that give each layer its rank and scale."""
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha, rslora = getattr(method, "alpha", None), getattr(method, "rslora", None)
+    if (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and isinstance(rslora, bool)
+            and all(math.isclose(alpha / (math.sqrt(ranks[n]) if rslora else ranks[n]), scales[n], rel_tol=1e-9)
+                    for n in ranks)):
+        # The method's own alpha and scaling rule reproduce every layer's scale: write them as they are.
+        alphas = {n: alpha for n in ranks}
+        lora_alpha = alpha
+    else:
+        rslora = False
+        alphas = {n: scales[n] * ranks[n] for n in ranks}
+        lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
+    return {
+        "r": int(r),
+        "lora_alpha": float(lora_alpha) if not float(lora_alpha).is_integer() else int(lora_alpha),
+        "use_rslora": bool(rslora),
+        "rank_pattern": {n: int(k) for n, k in ranks.items() if k != r},
+        "alpha_pattern": {n: a for n, a in alphas.items() if a != lora_alpha},
+    }
+
+
+def _dropout_of(adapter: Adapter) -> float:
+    drop = getattr(adapter, "dropout", None)
+    return float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
+
+
+def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    """``(tensors, adapter_config, report)`` of a PEFT LoRA adapter equivalent to the trained model."""
+    model, method = exp.model, exp.method
+    layers = adapted_layers(model)
+    if not layers:
+        raise UserError("this run has no adapted layers (e.g. full fine-tuning): use --format merged")
+    for layer in layers.values():
+        layer.unmerge()
+    heads = extra_trained_modules(model)
+    kinds = {n: native_kind(layer.adapter) for n, layer in layers.items()}
+    native = (rank is None and len(set(kinds.values())) == 1 and None not in kinds.values()
+              and all(native_matches(kinds[n], layer.adapter, layer.base.weight) for n, layer in layers.items()))
+    tensors: dict[str, Tensor] = {}
+    per_layer: dict[str, dict[str, Any]] = {}
+    if native:
+        kind = next(iter(kinds.values()))
+        ranks, scales = {}, {}
+        for name, layer in layers.items():
+            ad = layer.adapter
+            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = ad.lora_A.detach()
+            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = ad.lora_B.detach()
+            if kind == "dora":
+                tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = ad.lora_magnitude.detach()
+            ranks[name], scales[name] = int(ad.lora_A.shape[0]), float(ad.scale)
+            per_layer[name] = {"rank": ranks[name], "numerical_rank": None, "relative_error": 0.0, "exact": True}
+        hparams = _lora_hparams(method, ranks, scales)
+        dropout = max(_dropout_of(layer.adapter) for layer in layers.values())
+        path = f"native-{kind}"
+    else:
+        kind = "lora"
+        ranks = {}
+        for name, layer in layers.items():
+            delta, fine_tuned = weight_change(model, method, name, layer)
+            k = rank if rank is not None else default_rank(layer.adapter, method)
+            b, a, info = factorize(delta, float(torch.linalg.norm(fine_tuned)), k)
+            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
+            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
+            ranks[name] = info["rank"]
+            per_layer[name] = info
+        # lora_alpha = r on every layer: scale 1, the factors hold dW itself.
+        r = Counter(ranks.values()).most_common(1)[0][0]
+        hparams = {"r": int(r), "lora_alpha": int(r), "use_rslora": False,
+                   "rank_pattern": {n: k for n, k in ranks.items() if k != r},
+                   "alpha_pattern": {n: k for n, k in ranks.items() if k != r}}
+        dropout = 0.0
+        path = "factorized"
+    for hname, module in heads.items():
+        for key, value in module.state_dict().items():
+            tensors[f"{PEFT_PREFIX}{hname}.{key}"] = value.detach()
+    tensors = {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": exp.loaded.source,
+        "revision": exp.cfg.model.get("revision") if "model" in exp.cfg else None,
+        "target_modules": sorted(layers),
+        "modules_to_save": sorted(heads) or None,
+        "lora_dropout": dropout,
+        "use_dora": kind == "dora",
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        **hparams,
+    }
+    errors = [v["relative_error"] for v in per_layer.values()]
+    report = {
+        "format": "peft",
+        "path": path,
+        "exact": all(v["exact"] for v in per_layer.values()),
+        "max_relative_error": max(errors),
+        "mean_relative_error": sum(errors) / len(errors),
+        "rank": hparams["r"],
+        "layers": per_layer,
+    }
+    return tensors, config, report
+
+
+def write_peft(exp: Experiment, run_path: Path, out: Path, *, rank: int | None = None, force: bool = False) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    if rank is not None and rank < 1:
+        raise UserError(f"--rank {rank} is not allowed: use an integer >= 1")
+    out = Path(out)
+    check_output(out, force=force, run_path=run_path)
+    tensors, config, report = peft_export(exp, rank)
+    tmp = _staging(out)
+    try:
+        save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+        _write_json(tmp / PEFT_CONFIG_FILE, config)
+        _write_json(tmp / REPORT_FILE, report)
+        _write_json(tmp / EXPORT_INFO_FILE, _export_info(exp, run_path, "peft"))
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+# --------------------------------------------------------------------------- merged
+
+
+@torch.no_grad()
+def merge_to_plain(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its Linear and put the plain ``nn.Linear`` back (in place)."""
+    for name, layer in adapted_layers(model).items():
+        layer.merge()
+        replace_module(model, name, layer.base)
+    return model
+
+
+def write_merged(exp: Experiment, run_path: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
+    """An ordinary transformers checkpoint of the trained model (the experiment's model is consumed)."""
+    out = Path(out)
+    check_output(out, force=force, run_path=run_path)
+    merged = len(adapted_layers(exp.model))
+    model = merge_to_plain(exp.model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.config.id2label = {i: label for i, label in enumerate(exp.labels)}
+    model.config.label2id = {label: i for i, label in enumerate(exp.labels)}
+    model.config.num_labels = len(exp.labels)
+    tmp = _staging(out)
+    try:
+        model.save_pretrained(str(tmp))
+        exp.tokenizer.save_pretrained(str(tmp))
+        report = {"format": "merged", "path": "merged", "layers_merged": merged}
+        _write_json(tmp / REPORT_FILE, report)
+        _write_json(tmp / EXPORT_INFO_FILE, _export_info(exp, run_path, "merged"))
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+# --------------------------------------------------------------------------- reading exports back
+
+
+def export_info(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / EXPORT_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"'{path}' is not valid JSON: re-export the run") from None
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A transformers checkpoint folder (config.json + safetensors) that is not a run."""
+    folder = Path(folder)
+    return (folder.is_dir() and (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
+            and any(folder.glob("*.safetensors")))
+
+
+def is_peft_folder(folder: Path) -> bool:
+    folder = Path(folder)
+    return (folder / PEFT_CONFIG_FILE).is_file() and (folder / PEFT_WEIGHTS_FILE).is_file() \
+        and not (folder / "meta.json").is_file()
