@@ -32,31 +32,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import socket
-import subprocess
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from peftlab.errors import UserError, did_you_mean
+from peftlab.provenance import environment, git_info, new_meta, pid_alive  # noqa: F401  (part of the store's API)
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "interrupted")
-PACKAGES = (
-    "peftlab",
-    "torch",
-    "transformers",
-    "datasets",
-    "accelerate",
-    "hydra-core",
-    "omegaconf",
-    "peft",
-    "safetensors",
-)
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -519,89 +506,6 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     else:
         where = f"no runs under '{root}' yet (start one with `peftlab train`, or pass --runs-dir)"
     raise UserError(f"unknown run '{text}'{hint}; {where}")
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def _git(args: list[str], cwd: str | Path | None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout
-
-
-def git_info(cwd: str | Path | None = None) -> dict:
-    """``{"commit": sha | None, "dirty": bool | None}`` of the git repo at ``cwd``.
-
-    dirty means tracked files differ from HEAD (untracked files, such as run
-    folders, do not count). Without git, or outside a repo, both are None.
-    """
-    commit = _git(["rev-parse", "--verify", "HEAD"], cwd)
-    commit = (commit.strip() or None) if commit is not None else None
-    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-    dirty = None if status is None else bool(status.strip())
-    return {"commit": commit, "dirty": dirty}
-
-
-def environment() -> dict:
-    """Python, platform, host and package versions (read from metadata, nothing is imported)."""
-    from importlib import metadata
-
-    packages = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "executable": sys.executable,
-        "packages": packages,
-    }
-
-
-def new_meta(argv: list[str], seed: int, device: str | None = None) -> dict:
-    """The initial meta.json of a run that is starting now."""
-    return {
-        "status": "running",
-        "started_at": now_iso(),
-        "ended_at": None,
-        "argv": list(argv),
-        "seed": seed,
-        "device": device,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "git": git_info(),
-        "environment": environment(),
-    }
-
-
-def pid_alive(pid: Any) -> bool | None:
-    """Whether process ``pid`` exists on this host (None when it cannot be told)."""
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 def is_stale(run: Run) -> bool:

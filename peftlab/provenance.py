@@ -1,0 +1,109 @@
+"""Provenance of a run: git commit and dirty flag, package versions, host, process.
+
+Read without importing the packages (importlib.metadata), so recording it costs
+nothing at start-up; no torch here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "peftlab",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "hydra-core",
+    "omegaconf",
+    "peft",
+    "safetensors",
+)
+
+
+
+def _git(args: list[str], cwd: str | Path | None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def git_info(cwd: str | Path | None = None) -> dict:
+    """``{"commit": sha | None, "dirty": bool | None}`` of the git repo at ``cwd``.
+
+    dirty means tracked files differ from HEAD (untracked files, such as run
+    folders, do not count). Without git, or outside a repo, both are None.
+    """
+    commit = _git(["rev-parse", "--verify", "HEAD"], cwd)
+    commit = (commit.strip() or None) if commit is not None else None
+    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    dirty = None if status is None else bool(status.strip())
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment() -> dict:
+    """Python, platform, host and package versions (read from metadata, nothing is imported)."""
+    from importlib import metadata
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "executable": sys.executable,
+        "packages": packages,
+    }
+
+
+def new_meta(argv: list[str], seed: int, device: str | None = None) -> dict:
+    """The initial meta.json of a run that is starting now."""
+    return {
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ended_at": None,
+        "argv": list(argv),
+        "seed": seed,
+        "device": device,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "git": git_info(),
+        "environment": environment(),
+    }
+
+
+def pid_alive(pid: Any) -> bool | None:
+    """Whether process ``pid`` exists on this host (None when it cannot be told)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
