@@ -434,3 +434,95 @@ def is_peft_folder(folder: Path) -> bool:
     folder = Path(folder)
     return (folder / PEFT_CONFIG_FILE).is_file() and (folder / PEFT_WEIGHTS_FILE).is_file() \
         and not (folder / "meta.json").is_file()
+
+
+def _labels_of(model: Any) -> list[str] | None:
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)] if id2label else []
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None  # transformers' placeholder names say nothing
+    return names
+
+
+def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int]:
+    """``(model, tokenizer, run config, max_length)`` of an exported folder (merged or PEFT).
+
+    ``cfg`` (a run's resolved config) says which data and base model the export
+    belongs to; without it the folder's ``peftlab_export.json`` must say so.
+    """
+    folder = Path(folder)
+    info = export_info(folder)
+    if cfg is None:
+        if info is None:
+            raise UserError(
+                f"'{folder}' has no {EXPORT_INFO_FILE} to say which data it belongs to: pass --run RUN "
+                f"(the run whose dataset to evaluate on)"
+            )
+        cfg = OmegaConf.create(info["config"])
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if is_peft_folder(folder):
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise UserError("evaluating a PEFT adapter folder needs the peft package: pip install peft") from None
+        from peftlab.config import build
+
+        labels = (info or {}).get("labels")
+        if labels is None:
+            raise UserError(f"'{folder}' has no {EXPORT_INFO_FILE} with the label names: re-export the run")
+        loaded = build(cfg.model, num_labels=len(labels), seed=int(cfg.seed))  # the original base, as the run built it
+        model = PeftModel.from_pretrained(loaded.model, str(folder))
+        return model, loaded.tokenizer, cfg, int(loaded.max_length)
+    if is_model_folder(folder):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from peftlab.models import _model_max
+
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot load the model in '{folder}' ({first[:200]})") from None
+        if info is not None and "max_length" in info:
+            max_length = int(info["max_length"])
+        else:
+            max_length = min(int(cfg.model.max_length), _model_max(tokenizer, model.config))
+        return model, tokenizer, cfg, max_length
+    raise UserError(
+        f"'{folder}' is neither a run, an exported model (config.json + *.safetensors) nor a PEFT adapter folder"
+    )
+
+
+def evaluate_model(model: nn.Module, tokenizer: Any, cfg: Any, max_length: int, split: str,
+                   batch_size: int | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on ``split`` of the run's dataset (``cfg.dataset``), tokenized as the run did."""
+    from peftlab.config import build
+    from peftlab.data.tokenize import label_names, tokenize_splits
+
+    raw = build(cfg.dataset, seed=int(cfg.seed))
+    if split not in raw:
+        raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(raw)}")
+    labels = label_names(raw)
+    if int(model.config.num_labels) != len(labels):
+        raise UserError(f"the model has {model.config.num_labels} labels but the dataset has {len(labels)}: "
+                        f"is --run the run this model was exported from?")
+    named = _labels_of(model)
+    if named is not None and named != list(labels):
+        raise UserError(f"the model's labels {named} differ from the dataset's {list(labels)}: "
+                        f"is --run the run this model was exported from?")
+    splits = tokenize_splits(raw, tokenizer, max_length)
+    return evaluate_split(model, tokenizer, splits, split, len(labels), batch_size or int(cfg.trainer.eval_batch_size))
+
+
+def evaluate_split(model: nn.Module, tokenizer: Any, splits: Any, split: str, num_labels: int,
+                   batch_size: int) -> dict[str, float]:
+    from peftlab.evaluate import evaluate, make_loader
+
+    if split not in splits:
+        raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(splits)}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    return evaluate(model, make_loader(splits[split], tokenizer, batch_size), num_labels, device)

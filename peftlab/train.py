@@ -115,8 +115,6 @@ class Trainer:
         self.exp, self.run, self.cfg = exp, run, exp.cfg
         t = self.cfg.trainer
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision]
-        if precision == "fp16" and not torch.cuda.is_available():
-            raise UserError("trainer.precision=fp16 needs a GPU: use trainer.precision=bf16 or fp32 on the CPU")
         self.accelerator = Accelerator(cpu=bool(t.cpu), mixed_precision=precision, gradient_accumulation_steps=int(t.grad_accum))
         self.show_progress = show_progress and self.accelerator.is_main_process
         model = exp.model
@@ -346,6 +344,8 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
         # Only the training length may change on resume; everything else is the stored run.
         stored.trainer.max_steps = int(cfg.trainer.max_steps) if _overrides_key(overrides, "trainer.max_steps") else stored.trainer.max_steps
         cfg = stored
+    if cfg.trainer.precision == "fp16" and (cfg.trainer.cpu or not torch.cuda.is_available()):
+        raise UserError("trainer.precision=fp16 needs a GPU: use trainer.precision=bf16 or fp32 on the CPU")
     torch.manual_seed(int(cfg.seed))
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,127 @@
+"""PNG figures of compared runs (matplotlib, imported only when plotting)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from peftlab.compare.grouping import Row, mean_std
+from peftlab.compare.records import RunRecord
+from peftlab.compare.values import as_number, canonical
+from peftlab.errors import UserError
+
+
+def _train_curve(records: Sequence[RunRecord], key: str = "loss", split: str = "train"):
+    """Steps, mean and std over seeds of ``key`` on ``split`` lines (std 0 where one seed)."""
+    by_step: dict[float, list[float]] = {}
+    for rec in records:
+        for line in rec.metrics():
+            if line.get("split") != split:
+                continue
+            step, v = as_number(line.get("step")), as_number(line.get(key))
+            if step is None or v is None or not math.isfinite(v):
+                continue
+            by_step.setdefault(step, []).append(v)
+    steps = sorted(by_step)
+    means, stds = [], []
+    for s in steps:
+        m, sd = mean_std(by_step[s])
+        means.append(m)
+        stds.append(sd or 0.0)
+    return steps, means, stds
+
+
+def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
+    """Write PNG figures to ``out_dir`` and return their paths.
+
+    * ``loss_curves.png``: training loss per configuration, mean ± std band over seeds by step;
+    * ``val_<metric>.png``: the validation metric over steps, when logged;
+    * ``<metric>_vs_rank.png``: test metric against ``method.rank``, one line per method
+      (and other swept values), when the rank varies;
+    * ``<metric>_vs_params.png``: test metric against trainable parameters (log x).
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise UserError("plots need matplotlib: pip install 'peftlab[plots]'") from exc
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    if not rows:
+        return []
+    metric = rows[0].metric
+    written: list[Path] = []
+
+    def axes(size: tuple[float, float]):
+        fig = Figure(figsize=size)
+        return fig, fig.add_subplot()
+
+    def finish(fig, ax, name: str, xlabel: str, ylabel: str, title: str,
+               legend: bool = True, grid: str = "major") -> None:
+        """Label, grid, legend, and save ``fig`` as ``out/name``."""
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which=grid)
+        if legend:
+            ax.legend(fontsize="small")
+        path = out / name
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        written.append(path)
+
+    def curves(key: str, split: str, ylabel: str, name: str, title: str) -> None:
+        fig, ax = axes((7, 4.2))
+        drew = False
+        for r in rows:
+            steps, mean, std = _train_curve(r.records, key, split)
+            if not steps:
+                continue
+            drew = True
+            (ln,) = ax.plot(steps, mean, label=f"{r.label} (n={len(r.records)})", lw=1.5)
+            lo = [m - s for m, s in zip(mean, std)]
+            hi = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(steps, lo, hi, color=ln.get_color(), alpha=0.2, lw=0)
+        if drew:
+            finish(fig, ax, name, "step", ylabel, title)
+
+    curves("loss", "train", "training loss", "loss_curves.png", "training loss (mean ± std over seeds)")
+    curves(metric, "validation", f"validation {metric}", f"val_{metric}.png", f"validation {metric} (mean ± std over seeds)")
+
+    # metric vs rank, one line per method (+ the other swept values)
+    ranks = [as_number(r.records[0].value("method.rank")) for r in rows]
+    if len({x for x in ranks if x is not None}) > 1:
+        lines: dict[str, list[tuple[float, Row]]] = {}
+        for r, x in zip(rows, ranks):
+            if x is None or r.test_mean is None:
+                continue
+            others = [f"{k}={v}" for k, v in r.params.items() if k not in ("method", "method.rank")]
+            method = r.params.get("method") or canonical(r.records[0].value("method"))
+            name = " ".join([str(method)] + others)
+            lines.setdefault(name, []).append((x, r))
+        fig, ax = axes((6.5, 4.2))
+        for name, pts in sorted(lines.items()):
+            pts.sort(key=lambda t: t[0])
+            ax.errorbar(
+                [p[0] for p in pts], [p[1].test_mean for p in pts],
+                yerr=[p[1].test_std or 0.0 for p in pts], marker="o", capsize=3, label=name,
+            )
+        ax.set_xscale("log", base=2)
+        ticks = sorted({p[0] for pts in lines.values() for p in pts})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        finish(fig, ax, f"{metric}_vs_rank.png", "method.rank", f"test {metric}",
+               f"test {metric} vs rank (mean ± std over seeds)")
+
+    pts = [r for r in rows if r.trainable_params and r.test_mean is not None]
+    if pts:
+        fig, ax = axes((6.5, 4.2))
+        for r in pts:
+            ax.errorbar([r.trainable_params], [r.test_mean], yerr=[r.test_std or 0.0], marker="o", capsize=3,
+                        label=r.label)
+        ax.set_xscale("log")
+        finish(fig, ax, f"{metric}_vs_params.png", "trainable parameters", f"test {metric}",
+               f"test {metric} vs trainable parameters", legend=len(pts) <= 12, grid="both")
+    return written

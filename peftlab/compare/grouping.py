@@ -1,0 +1,261 @@
+"""Grouping runs into configuration rows, marking the best, sorting.
+
+A *configuration* is what the user chose apart from the seed: the values of
+every override key (``method=pissa``, ``method.rank=8``, ...) and of the
+config-group choices, read back from each run's resolved config so that an
+explicit ``method=lora`` and the default LoRA group together. Seeds of the same
+configuration form one row (mean, sample standard deviation, n). The *swept
+parameters* are the keys whose value differs between rows; they become the
+leading columns.
+
+Noise rule: the best row has the best mean test metric (lower is better for
+metric names containing "loss", "perplexity", "ppl" or "error"). Another row is
+marked "≈ best (within noise)" when ``|mean_best - mean_row| <= std_best +
+std_row``, with std the sample standard deviation over seeds (0 for a single
+seed), i.e. when the one-standard-deviation bands of the two rows overlap. This
+is deliberately simple and visible in the numbers of the table; it is a hint to
+run more seeds, not a significance test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from peftlab.compare.records import RunRecord
+from peftlab.compare.values import MISSING, as_number, canonical, override_key
+from peftlab.errors import UserError, did_you_mean
+
+#: Override keys that never distinguish configurations.
+IGNORED_KEYS = frozenset({"seed", "name", "runs_dir", "resume"})
+#: Substrings of metric names for which lower is better.
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error")
+NOISE_RULE = "|mean_best - mean_row| <= std_best + std_row (sample std over seeds)"
+BEST_MARK = "★ best"
+NOISE_MARK = "≈ best (within noise)"
+DEFAULT_METRIC = "accuracy"
+
+
+def lower_is_better(metric: str) -> bool:
+    m = metric.lower()
+    return any(s in m for s in LOWER_IS_BETTER)
+
+
+def default_metric(records: Sequence[RunRecord]) -> str:
+    """The most common key metric (summary ``metric`` / ``trainer.metric``) among the runs, else "accuracy"."""
+    names = Counter(m for r in records if (m := r.metric_name))
+    return names.most_common(1)[0][0] if names else DEFAULT_METRIC
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the finite numbers in ``values`` (std None below two)."""
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, math.sqrt(var)
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    return mean_std(list(values))[0]
+
+
+@dataclass
+class Row:
+    """One configuration: its swept-parameter values and statistics over its seeds."""
+
+    key: tuple
+    params: dict[str, str]  # swept parameter -> value (same keys in every row)
+    records: list[RunRecord]
+    metric: str
+    higher_is_better: bool
+    test_mean: float | None = None
+    test_std: float | None = None
+    n: int = 0  # runs (seeds) in this configuration
+    val_mean: float | None = None
+    val_std: float | None = None
+    trainable_params: float | None = None
+    total_params: float | None = None
+    wall_time_s: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    intruders: float | None = None
+    best: bool = False
+    within_noise: bool = False
+
+    @property
+    def mark(self) -> str:
+        return BEST_MARK if self.best else NOISE_MARK if self.within_noise else ""
+
+    @property
+    def label(self) -> str:
+        """``method=lora method.rank=8`` (or the config's identity when nothing is swept)."""
+        if self.params:
+            return " ".join(f"{k}={v}" for k, v in self.params.items())
+        return " ".join(f"{k}={v}" for k, v in self.key) or "(defaults)"
+
+    @property
+    def seeds(self) -> list:
+        return [r.seed for r in self.records]
+
+
+def _natural(v: str) -> tuple:
+    n = as_number(v)
+    return (0, n, "") if n is not None else (1, 0.0, str(v))
+
+
+_SORT_KEYS = {
+    "metric": "test_mean",
+    "test": "test_mean",
+    "val": "val_mean",
+    "validation": "val_mean",
+    "n": "n",
+    "params": "trainable_params",
+    "trainable": "trainable_params",
+    "trainable_params": "trainable_params",
+    "time": "wall_time_s",
+    "wall_time": "wall_time_s",
+    "wall_time_s": "wall_time_s",
+    "speed": "tokens_per_s",
+    "tokens_per_s": "tokens_per_s",
+    "memory": "peak_memory_mb",
+    "peak_memory_mb": "peak_memory_mb",
+    "intruders": "intruders",
+}
+
+
+def sort_rows(rows: list[Row], sort: str | None) -> list[Row]:
+    """Sort rows in place-free fashion.
+
+    None keeps the grid order (swept parameters, numbers numerically).
+    ``metric``/``test``/``val`` put the best first; ``params``, ``time``,
+    ``speed``, ``memory``, ``intruders``, ``n`` sort ascending; a swept
+    parameter name sorts by its values. A leading ``-`` reverses.
+    """
+    if not sort:
+        return sorted(rows, key=lambda r: tuple(_natural(v) for v in r.params.values()))
+    reverse = sort.startswith("-")
+    name = sort.lstrip("-")
+    if name in _SORT_KEYS:
+        attr = _SORT_KEYS[name]
+        best_first = attr in ("test_mean", "val_mean") and rows and rows[0].higher_is_better
+        present = [r for r in rows if getattr(r, attr) is not None]
+        absent = [r for r in rows if getattr(r, attr) is None]
+        present.sort(key=lambda r: getattr(r, attr), reverse=bool(best_first) != reverse)
+        return present + absent
+    params = rows[0].params if rows else {}
+    if name in params:
+        return sorted(rows, key=lambda r: _natural(r.params[name]), reverse=reverse)
+    choices = list(_SORT_KEYS) + list(params)
+    raise UserError(f"cannot sort by '{name}'{did_you_mean(name, choices)}: choose one of {', '.join(choices)}")
+
+
+def _split(rec: RunRecord, name: str) -> dict:
+    """The ``name`` section of the run's summary.json (``test``, ``best_validation``, ...), or {}."""
+    v = rec.summary.get(name)
+    return v if isinstance(v, dict) else {}
+
+
+def _config_keys(records: Sequence[RunRecord]) -> list[str]:
+    """The configuration keys: every override key (minus the seed & co.) plus the group choices."""
+    keys: list[str] = []
+    for r in records:
+        for line in r.overrides:
+            kv = override_key(line)
+            if kv and kv[0] not in IGNORED_KEYS and not kv[0].startswith(("hydra.", "~")) and kv[0] not in keys:
+                keys.append(kv[0])
+    for r in records:
+        for k in r.choices:
+            if k not in keys and k not in IGNORED_KEYS and not k.startswith("hydra"):
+                keys.append(k)
+    return keys
+
+
+def group(
+    records: Sequence[RunRecord], metric: str | None = None, sort: str | None = None
+) -> list[Row]:
+    """One :class:`Row` per configuration (seeds pooled), with best / within-noise marks.
+
+    ``metric`` defaults to the runs' ``trainer.metric``. Test values come from
+    ``summary["test"][metric]``, validation from ``summary["best_validation"]``.
+    An unknown metric is a :class:`UserError` listing the available ones.
+    """
+    records = list(records)
+    if not records:
+        return []
+    metric = metric or default_metric(records)
+    hib = not lower_is_better(metric)
+
+    has_metric = any(metric in _split(r, s) for r in records for s in ("test", "best_validation", "final_validation"))
+    if not has_metric and any(r.summary for r in records):
+        avail = sorted({k for r in records for s in ("test", "best_validation") for k in _split(r, s) if k != "step"})
+        raise UserError(
+            f"no run reports metric '{metric}'{did_you_mean(metric, avail)}: "
+            f"available: {', '.join(avail) or 'none (no summary.json)'}"
+        )
+
+    keys = _config_keys(records)
+
+    def ident(rec: RunRecord) -> tuple:
+        out = []
+        for k in keys:
+            v = rec.value(k)
+            out.append((k, "-" if v is MISSING else canonical(v)))
+        return tuple(out)
+
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(ident(r), []).append(r)
+
+    swept = [k for i, k in enumerate(keys) if len({g[i][1] for g in groups}) > 1]
+    rows: list[Row] = []
+    for key, recs in groups.items():
+        kd = dict(key)
+        test_vals = [_split(r, "test").get(metric) for r in recs]
+        tm, ts = mean_std(test_vals)
+        vm, vs = mean_std([_split(r, "best_validation").get(metric) for r in recs])
+        intr = [r.analysis["model"].get("intruders") for r in recs if r.analysis and isinstance(r.analysis.get("model"), dict)]
+        rows.append(
+            Row(
+                key=key,
+                params={k: kd[k] for k in swept},
+                records=recs,
+                metric=metric,
+                higher_is_better=hib,
+                test_mean=tm,
+                test_std=ts,
+                n=len(recs),
+                val_mean=vm,
+                val_std=vs,
+                trainable_params=_mean(r.summary.get("trainable_params") for r in recs),
+                total_params=_mean(r.summary.get("total_params") for r in recs),
+                wall_time_s=_mean(r.summary.get("wall_time_s") for r in recs),
+                tokens_per_s=_mean(r.summary.get("tokens_per_s") for r in recs),
+                peak_memory_mb=_mean(r.summary.get("peak_memory_mb") for r in recs),
+                intruders=_mean(intr),
+            )
+        )
+    mark_best(rows)
+    return sort_rows(rows, sort)
+
+
+def mark_best(rows: Sequence[Row]) -> None:
+    """Mark the best row and the rows within noise of it (see the module docstring)."""
+    scored = [r for r in rows if r.test_mean is not None]
+    for r in rows:
+        r.best = r.within_noise = False
+    if not scored:
+        return
+    pick = max if scored[0].higher_is_better else min
+    best = pick(scored, key=lambda r: r.test_mean)
+    best.best = True
+    for r in scored:
+        if r is not best:
+            gap = abs(best.test_mean - r.test_mean)
+            r.within_noise = gap <= (best.test_std or 0.0) + (r.test_std or 0.0)

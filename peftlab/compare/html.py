@@ -1,0 +1,103 @@
+"""The self-contained HTML report: table, embedded figures, configurations.
+
+(This module is ``peftlab.compare.html``; ``import html`` below is the standard
+library's, as imports are absolute.)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from peftlab.compare.formats import caption, columns, n_param_columns
+from peftlab.compare.grouping import Row
+from peftlab.compare.records import RunRecord
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}
+td.p{text-align:left;font-family:ui-monospace,monospace}
+tr.best td{font-weight:bold;background:#eef8ee}
+tr.noise td{background:#f6fbf6}
+.note{color:#555;font-size:13px}
+figure{display:inline-block;margin:0.5em}
+img{max-width:100%}
+pre{background:#f7f7f7;padding:0.8em;overflow:auto;font-size:12px}
+details{margin:0.4em 0}
+summary{cursor:pointer;font-family:ui-monospace,monospace}
+"""
+
+
+def _html_table(rows: Sequence[Row]) -> str:
+    cols = columns(rows)
+    n_left = n_param_columns(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in cols)
+    body = []
+    for r in rows:
+        cls = "best" if r.best else "noise" if r.within_noise else ""
+        cells = "".join(
+            f'<td class="p">{html.escape(f(r))}</td>' if i < n_left else f"<td>{html.escape(f(r))}</td>"
+            for i, (_, f) in enumerate(cols)
+        )
+        body.append(f'<tr class="{cls}">{cells}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def html_report(
+    rows: Sequence[Row],
+    records: Sequence[RunRecord],
+    figures: Sequence[str | os.PathLike],
+    out_file: str | os.PathLike,
+    title: str = "peftlab compare",
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write one self-contained HTML file: the table, the figures (base64 PNG data
+    URIs), and each configuration's resolved config and runs in a ``<details>``.
+    Needs no server and no other file."""
+    import yaml
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{len(records)} run(s) in {len(rows)} configuration(s). {html.escape(caption(rows))}</p>',
+        _html_table(rows),
+    ]
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes if n]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for fig in figures:
+            data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+            name = html.escape(Path(fig).stem)
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{name}">'
+                f"<figcaption class=\"note\">{name}</figcaption></figure>"
+            )
+    parts.append("<h2>Configurations</h2>")
+    for r in rows:
+        rec = r.records[0]
+        cfg = yaml.safe_dump(rec.config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        runs = "\n".join(
+            f"{x.path}  seed={x.seed}  status={x.status}  overrides: {' '.join(x.overrides) or '(none)'}"
+            for x in r.records
+        )
+        parts.append(
+            f"<details><summary>{html.escape(r.label)} {html.escape(r.mark)}</summary>"
+            f"<p class=\"note\">runs</p><pre>{html.escape(runs)}</pre>"
+            f"<p class=\"note\">resolved config ({html.escape(str(rec.path))})</p><pre>{html.escape(cfg)}</pre></details>"
+        )
+    parts.append("</body></html>")
+    out = Path(out_file)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the target and renamed, so a reader never sees a half-written report
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, out)
+    return out

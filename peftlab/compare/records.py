@@ -1,0 +1,340 @@
+"""Run records: reading run folders, collecting them from paths, ``--where`` filters.
+
+A run folder holds meta.json (and no sweep.json); it is read as a
+:class:`RunRecord` from config.yaml, overrides.txt, meta.json, summary.json and
+analysis.json, with metrics.jsonl read only when plotted.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab.compare.values import (
+    MISSING,
+    as_number,
+    canonical,
+    override_key,
+    parse_scalar,
+)
+from peftlab.errors import UserError, did_you_mean
+
+#: The file that makes a folder a run folder, and the one that makes it a sweep folder instead.
+RUN_FILE = "meta.json"
+SWEEP_FILE = "sweep.json"
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)  # a safe loader (C-accelerated when available)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class RunRecord:
+    """One run folder as read from disk (metrics.jsonl is read only when plotted)."""
+
+    path: Path
+    config: dict
+    overrides: list[str]
+    meta: dict
+    summary: dict
+    analysis: dict | None = None
+    _metrics: list[dict] | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        path = Path(path)
+        try:
+            lines = (path / "overrides.txt").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        overrides = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        analysis = _read_json(path / "analysis.json") if (path / "analysis.json").is_file() else None
+        return cls(
+            path=path,
+            config=_read_yaml(path / "config.yaml"),
+            overrides=overrides,
+            meta=_read_json(path / RUN_FILE, {}) or {},
+            summary=_read_json(path / "summary.json", {}) or {},
+            analysis=analysis if isinstance(analysis, dict) else None,
+        )
+
+    # -- identity ----------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+    @property
+    def seed(self) -> Any:
+        return self.meta.get("seed", self.config.get("seed"))
+
+    @property
+    def label(self) -> str:
+        """``<name>/<version>`` (the last two path components)."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+    @property
+    def choices(self) -> dict:
+        c = self.meta.get("choices")
+        return c if isinstance(c, dict) else {}
+
+    def override_map(self) -> dict[str, str]:
+        out = {}
+        for line in self.overrides:
+            kv = override_key(line)
+            if kv:
+                out[kv[0]] = kv[1]
+        return out
+
+    def value(self, key: str) -> Any:
+        """The run's value for ``key``: group choice, resolved config value, or override; else MISSING."""
+        if key == "status":
+            return self.status
+        if key == "seed":
+            return self.seed
+        if key in self.choices:
+            return self.choices[key]
+        node: Any = self.config
+        found = True
+        for part in key.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                found = False
+                break
+        if found and not isinstance(node, dict):
+            return node
+        ov = self.override_map()
+        if key in ov:
+            return parse_scalar(ov[key])
+        if found:  # a config group without a recorded choice: its _target_ names it
+            return node.get("_target_", "").rsplit(".", 1)[-1] or MISSING
+        return MISSING
+
+    def config_keys(self) -> list[str]:
+        """Every dotted key of the resolved config (for did-you-mean in --where)."""
+        out: list[str] = list(self.choices)
+
+        def walk(node: dict, prefix: str) -> None:
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                out.append(key)
+                if isinstance(v, dict):
+                    walk(v, key + ".")
+
+        walk(self.config, "")
+        return out
+
+    @property
+    def metric_name(self) -> str | None:
+        """The run's key metric: summary.json ``metric``, else config ``trainer.metric``."""
+        if self.summary.get("metric"):
+            return str(self.summary["metric"])
+        trainer = self.config.get("trainer")
+        m = trainer.get("metric") if isinstance(trainer, dict) else None
+        return str(m) if m else None
+
+    def metrics(self) -> list[dict]:
+        """The lines of metrics.jsonl (malformed lines, e.g. a partial last line, are skipped)."""
+        if self._metrics is None:
+            rows: list[dict] = []
+            try:
+                with open(self.path / "metrics.jsonl", encoding="utf-8") as f:
+                    for line in f:
+                        line = line.strip()
+                        if not line:
+                            continue
+                        try:
+                            obj = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(obj, dict):
+                            rows.append(obj)
+            except OSError:
+                pass
+            self._metrics = rows
+        return self._metrics
+
+
+# ================================================================ collect ===
+def _is_run(d: Path) -> bool:
+    return (d / RUN_FILE).is_file() and not (d / SWEEP_FILE).is_file()
+
+
+def _walk_runs(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # the listing os.walk already made, rather than two stat calls per folder as in _is_run
+        if RUN_FILE in filenames and SWEEP_FILE not in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a run folder holds no runs (skip adapter/, checkpoints/)
+        else:
+            dirnames.sort()
+    return found
+
+
+def _sweep_members(sweep_dir: Path, notes: list[str] | None) -> list[Path]:
+    data = _read_json(sweep_dir / SWEEP_FILE, {}) or {}
+    members = data.get("members") or []
+    runs_root = sweep_dir.parents[2] if len(sweep_dir.parents) > 2 else sweep_dir
+    out: list[Path] = []
+    not_started = missing = 0
+    for m in members:
+        run = m.get("run") if isinstance(m, dict) else None
+        if not run:
+            not_started += 1
+            continue
+        p = Path(run)
+        candidates = [p] if p.is_absolute() else [p, sweep_dir / p, runs_root / p, runs_root.parent / p]
+        hit = next((c for c in candidates if _is_run(c)), None)
+        if hit is None:
+            missing += 1
+        else:
+            out.append(hit)
+    if notes is not None:
+        if not_started:
+            notes.append(f"{not_started} member(s) of sweep {sweep_dir} have no run folder yet")
+        if missing:
+            notes.append(f"{missing} member run folder(s) of sweep {sweep_dir} were not found")
+    return out
+
+
+def _runs_dir() -> Path:
+    return Path(os.environ.get("PEFTLAB_RUNS_DIR", "runs"))
+
+
+def collect(paths: Sequence[str], notes: list[str] | None = None) -> list[RunRecord]:
+    """Load the runs named by ``paths``, deduplicated, in the order found.
+
+    Each path may be a run folder (holds meta.json), a sweep folder (holds
+    sweep.json; its members' run folders are read), any folder containing run
+    folders (searched recursively), a glob, or ``<name>[/<version>]`` under the
+    runs directory (``$PEFTLAB_RUNS_DIR`` or ``runs``). A path that matches
+    nothing is a :class:`UserError`. Remarks (sweep members without a run
+    folder, ...) are appended to ``notes`` when given.
+    """
+    dirs: list[Path] = []
+    for raw in paths:
+        text = str(raw)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(_glob.glob(os.path.expanduser(text), recursive=True))
+            targets = [Path(m) for m in matches if Path(m).is_dir()]
+            if not targets:
+                raise UserError(f"no run folders match '{text}'")
+        else:
+            p = Path(os.path.expanduser(text))
+            if not p.exists() and (_runs_dir() / p).exists():
+                p = _runs_dir() / p
+            if not p.is_dir():
+                raise UserError(f"no such run, sweep or folder: {text}")
+            targets = [p]
+        for t in targets:
+            if _is_run(t):
+                dirs.append(t)
+                continue
+            if (t / SWEEP_FILE).is_file():
+                dirs.extend(_sweep_members(t, notes))
+            dirs.extend(_walk_runs(t))
+    seen: set[str] = set()
+    records: list[RunRecord] = []
+    for d in dirs:
+        key = os.path.realpath(d)
+        if key in seen:
+            continue
+        seen.add(key)
+        records.append(RunRecord.load(d))
+    return records
+
+
+# ================================================================= select ===
+_WHERE = re.compile(r"^\s*([A-Za-z_+~][\w.\-/]*)\s*(>=|<=|!=|==|=|>|<)\s*(.*?)\s*$")
+
+
+def parse_where(expr: str):
+    """Parse ``key OP value`` (OP: = == != < <= > >=); ``=`` accepts a comma list.
+
+    Returns a predicate over :class:`RunRecord`; a run without the key never matches.
+    """
+    m = _WHERE.match(expr)
+    if not m:
+        raise UserError(f"cannot read --where '{expr}': write key=value, key!=value or key>=number (e.g. method.rank>=8)")
+    key, op, raw = m.group(1).lstrip("+"), m.group(2), m.group(3)
+    if op in ("<", "<=", ">", ">="):
+        bound = as_number(raw)
+        if bound is None:
+            raise UserError(f"--where '{expr}': '{op}' needs a number on the right, got '{raw}'")
+
+        def pred(rec: RunRecord) -> bool:
+            v = as_number(rec.value(key))
+            if v is None:
+                return False
+            return {"<": v < bound, "<=": v <= bound, ">": v > bound, ">=": v >= bound}[op]
+
+    else:
+        wanted = {canonical(x) for x in (raw.split(",") if op in ("=", "==") else [raw])}
+
+        def pred(rec: RunRecord) -> bool:
+            v = rec.value(key)
+            if v is MISSING:
+                return False
+            hit = canonical(v) in wanted
+            return hit if op in ("=", "==") else not hit
+
+    pred.key = key  # type: ignore[attr-defined]
+    pred.expr = expr  # type: ignore[attr-defined]
+    return pred
+
+
+def select(
+    records: Sequence[RunRecord], where: Iterable[str] = (), include_all: bool = False
+) -> tuple[list[RunRecord], list[RunRecord]]:
+    """Apply ``--where`` filters and keep completed runs (all runs with ``include_all``).
+
+    Returns ``(kept, left_out)`` where ``left_out`` are the runs that passed the
+    filters but are not completed (for a footnote).
+    """
+    preds = [parse_where(w) for w in where]
+    for p in preds:
+        if records and all(r.value(p.key) is MISSING for r in records):
+            known = sorted({k for r in records[:20] for k in r.config_keys()} | {"seed", "status"})
+            raise UserError(f"--where '{p.expr}': no run has key '{p.key}'{did_you_mean(p.key, known)}")
+    matched = [r for r in records if all(p(r) for p in preds)]
+    if include_all:
+        return matched, []
+    kept = [r for r in matched if r.status == "completed"]
+    return kept, [r for r in matched if r.status != "completed"]
+
+
+def left_out_note(left_out: Sequence[RunRecord]) -> str | None:
+    """``"3 runs not completed (2 running, 1 failed) are left out; --all includes them"``."""
+    if not left_out:
+        return None
+    counts = Counter(r.status for r in left_out)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    n = len(left_out)
+    return f"{n} run{'s' if n != 1 else ''} not completed ({detail}) left out; --all includes them"
