@@ -43,15 +43,17 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import OmegaConf
-from torch import Tensor, nn
 
 from peftlab.errors import UserError
-from peftlab.experiment import Experiment
-from peftlab.methods.base import Adapter, AdaptedLinear, adapted_layers, replace_module, trainable_parameters
+
+if TYPE_CHECKING:  # torch is imported inside the functions: the CLI checks paths before paying for it
+    from torch import Tensor, nn
+
+    from peftlab.experiment import Experiment
+    from peftlab.methods.base import Adapter, AdaptedLinear
 
 FORMATS = ("peft", "merged")
 EXPORT_INFO_FILE = "peftlab_export.json"
@@ -84,10 +86,14 @@ def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> Non
 
 
 def _staging(out: Path) -> Path:
+    """A fresh hidden folder next to ``out``, where the export is written before it is moved into place."""
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the export next to '{out}' ({exc.strerror or exc}): pick a writable folder") from None
     return tmp
 
 
@@ -149,29 +155,34 @@ def native_kind(adapter: Adapter) -> str | None:
     return None
 
 
-@torch.no_grad()
 def peft_merged(kind: str, adapter: Adapter, weight: Tensor) -> Tensor:
     """The weight PEFT computes from these parameters on the original W (fp32)."""
-    w = weight.float()
-    direction = w + float(adapter.scale) * (adapter.lora_B.float() @ adapter.lora_A.float())
+    import torch
+
+    w = weight.detach().float()
+    direction = w + float(adapter.scale) * (adapter.lora_B.detach().float() @ adapter.lora_A.detach().float())
     if kind == "lora":
         return direction
-    return (adapter.lora_magnitude.float() / torch.linalg.norm(direction, dim=1))[:, None] * direction
+    return (adapter.lora_magnitude.detach().float() / torch.linalg.norm(direction, dim=1))[:, None] * direction
 
 
-@torch.no_grad()
 def native_matches(kind: str, adapter: Adapter, weight: Tensor) -> bool:
-    expected = adapter.merged_weight(weight.float()).float()
-    got = peft_merged(kind, adapter, weight)
+    import torch
+
+    with torch.no_grad():
+        expected = adapter.merged_weight(weight.float()).float()
+        got = peft_merged(kind, adapter, weight)
     return bool(torch.linalg.norm(got - expected) <= NATIVE_TOLERANCE * torch.linalg.norm(expected).clamp(min=1e-30))
 
 
-@torch.no_grad()
 def weight_change(model: nn.Module, method: Any, name: str, layer: AdaptedLinear) -> tuple[Tensor, Tensor]:
     """``(dW, W_ft)`` of one layer in fp32: merged fine-tuned minus merged pretrained (``method.reference``)."""
-    fine_tuned = layer.adapter.merged_weight(layer.base.weight.float()).float()
-    with method.reference(model):
-        pretrained = layer.adapter.merged_weight(layer.base.weight.float()).float()
+    import torch
+
+    with torch.no_grad():
+        fine_tuned = layer.adapter.merged_weight(layer.base.weight.float()).float()
+        with method.reference(model):
+            pretrained = layer.adapter.merged_weight(layer.base.weight.float()).float()
     return fine_tuned - pretrained, fine_tuned
 
 
@@ -182,6 +193,8 @@ def numerical_rank(sigma: Tensor, shape: tuple[int, int], weight_norm: float) ->
     matrix has spectral norm <= ~2 eps ||W_ft||_F; the SVD itself adds
     ~max(m, n) eps sigma_1.
     """
+    import torch
+
     if sigma.numel() == 0:
         return 0
     eps = torch.finfo(torch.float32).eps
@@ -198,9 +211,11 @@ def default_rank(adapter: Adapter, method: Any) -> int | None:
     return None
 
 
-@torch.no_grad()
 def factorize(delta: Tensor, weight_norm: float, rank: int | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """``B (m x k)``, ``A (k x n)`` with ``B A`` the best rank-k approximation of ``delta``, and the layer's report."""
+    import torch
+
+    delta = delta.detach()
     u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
     full = numerical_rank(s, tuple(delta.shape), weight_norm)
     k = full if rank is None else min(rank, full)
@@ -220,16 +235,22 @@ def factorize(delta: Tensor, weight_norm: float, rank: int | None) -> tuple[Tens
 # --------------------------------------------------------------------------- PEFT
 
 
-def extra_trained_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules owning trainable parameters outside the adapters (e.g. the classifier head).
+def extra_trained_modules(model: nn.Module, head_names: Any = ()) -> dict[str, nn.Module]:
+    """Modules to save whole next to the LoRA factors: the owners of trainable parameters outside the adapters.
 
-    Raises a UserError for trainable parameters PEFT cannot hold next to LoRA (the
-    base weight of an adapted layer), e.g. when a method trains the whole model.
+    A parameter inside a head module (``head_names``, e.g. ``classifier``) is saved
+    with its whole head, so a head made of several Linears (RoBERTa's
+    ``classifier.dense`` / ``classifier.out_proj``) becomes one ``modules_to_save``
+    entry, as PEFT wraps it. Raises a UserError for trainable parameters PEFT cannot
+    hold next to LoRA (the base weight of an adapted layer, the model root).
     """
+    from peftlab.methods.base import adapted_layers, trainable_parameters
+
     layers = adapted_layers(model)
-    owners: dict[str, nn.Module] = {}
+    heads = tuple(str(h) for h in head_names)
+    owners: set[str] = set()
     for pname in trainable_parameters(model):
-        owner, _, _ = pname.rpartition(".")
+        owner = pname.rpartition(".")[0]
         if any(owner == f"{lname}.adapter" or owner.startswith(f"{lname}.adapter.") for lname in layers):
             continue
         if any(owner == lname or owner.startswith(f"{lname}.") for lname in layers):
@@ -237,13 +258,19 @@ def extra_trained_modules(model: nn.Module) -> dict[str, nn.Module]:
                 f"this run trains '{pname}', a weight under an adapted layer, which a PEFT LoRA adapter cannot hold: "
                 f"use --format merged"
             )
-        owners[owner] = model.get_submodule(owner) if owner else model
-    # Keep the outermost owners (a head module and its children become one entry).
+        if not owner:
+            raise UserError(f"this run trains '{pname}' on the model root, which PEFT cannot hold: use --format merged")
+        parts = owner.split(".")
+        for i in range(1, len(parts) + 1):  # the outermost enclosing head module, if any
+            prefix = ".".join(parts[:i])
+            if any(prefix == h or prefix.endswith("." + h) for h in heads):
+                owner = prefix
+                break
+        owners.add(owner)
+    # Keep the outermost owners (a module and its children become one entry).
     names = sorted(owners, key=len)
     kept = [n for i, n in enumerate(names) if not any(n.startswith(p + ".") for p in names[:i])]
-    if "" in kept:
-        raise UserError("this run trains parameters of the model root, which PEFT cannot hold: use --format merged")
-    return {n: owners[n] for n in kept}
+    return {n: model.get_submodule(n) for n in sorted(kept)}
 
 
 def _lora_hparams(method: Any, ranks: dict[str, int], scales: dict[str, float]) -> dict[str, Any]:
@@ -270,19 +297,25 @@ def _lora_hparams(method: Any, ranks: dict[str, int], scales: dict[str, float]) 
 
 
 def _dropout_of(adapter: Adapter) -> float:
+    from torch import nn
+
     drop = getattr(adapter, "dropout", None)
     return float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
 
 
 def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
     """``(tensors, adapter_config, report)`` of a PEFT LoRA adapter equivalent to the trained model."""
+    import torch
+
+    from peftlab.methods.base import adapted_layers
+
     model, method = exp.model, exp.method
     layers = adapted_layers(model)
     if not layers:
         raise UserError("this run has no adapted layers (e.g. full fine-tuning): use --format merged")
     for layer in layers.values():
         layer.unmerge()
-    heads = extra_trained_modules(model)
+    heads = extra_trained_modules(model, exp.loaded.head_modules)
     kinds = {n: native_kind(layer.adapter) for n, layer in layers.items()}
     native = (rank is None and len(set(kinds.values())) == 1 and None not in kinds.values()
               and all(native_matches(kinds[n], layer.adapter, layer.base.weight) for n, layer in layers.items()))
@@ -376,9 +409,10 @@ def write_peft(exp: Experiment, run_path: Path, out: Path, *, rank: int | None =
 # --------------------------------------------------------------------------- merged
 
 
-@torch.no_grad()
 def merge_to_plain(model: nn.Module) -> nn.Module:
     """Fold every adapter into its Linear and put the plain ``nn.Linear`` back (in place)."""
+    from peftlab.methods.base import adapted_layers, replace_module
+
     for name, layer in adapted_layers(model).items():
         layer.merge()
         replace_module(model, name, layer.base)
@@ -389,6 +423,8 @@ def write_merged(exp: Experiment, run_path: Path, out: Path, *, force: bool = Fa
     """An ordinary transformers checkpoint of the trained model (the experiment's model is consumed)."""
     out = Path(out)
     check_output(out, force=force, run_path=run_path)
+    from peftlab.methods.base import adapted_layers
+
     merged = len(adapted_layers(exp.model))
     model = merge_to_plain(exp.model)
     for p in model.parameters():
@@ -519,6 +555,8 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: Any, max_length: int, 
 
 def evaluate_split(model: nn.Module, tokenizer: Any, splits: Any, split: str, num_labels: int,
                    batch_size: int) -> dict[str, float]:
+    import torch
+
     from peftlab.evaluate import evaluate, make_loader
 
     if split not in splits:

@@ -340,7 +340,7 @@ class Run:
 # --------------------------------------------------------------------------- the store
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     name = str(name) if name is not None else ""
     bad = (
         not name.strip()
@@ -359,7 +359,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _versions(folder: Path) -> list[tuple[int, str]]:
+def versions(folder: Path) -> list[tuple[int, str]]:
     """``[(N, "vN")]`` of the version folders in ``folder``, sorted numerically."""
     out = []
     try:
@@ -379,13 +379,13 @@ def allocate(root: str | Path, name: str) -> Run:
     The folder is created with an exclusive ``os.mkdir``; when another process
     wins a number, the next one is tried, so concurrent runs never share a folder.
     """
-    name = _check_name(name)
+    name = check_name(name)
     parent = Path(root) / name
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except NotADirectoryError:
         raise UserError(f"cannot create run folder under '{parent}': a file is in the way") from None
-    versions = _versions(parent)
+    versions = versions(parent)
     n = (versions[-1][0] if versions else 0) + 1
     for _ in range(100_000):
         path = parent / f"v{n}"
@@ -430,7 +430,7 @@ def list_runs(root: str | Path) -> list[Run]:
     for entry in names:
         if not entry.is_dir():
             continue
-        for _, version in _versions(Path(entry.path)):
+        for _, version in versions(Path(entry.path)):
             folder = Path(entry.path) / version
             if (folder / "meta.json").is_file():
                 runs.append(Run(folder))
@@ -449,14 +449,14 @@ def run_names(root: str | Path) -> list[str]:
     names = []
     for entry in entries:
         if entry.is_dir() and any(
-            (Path(entry.path) / v / "meta.json").is_file() for _, v in _versions(Path(entry.path))
+            (Path(entry.path) / v / "meta.json").is_file() for _, v in versions(Path(entry.path))
         ):
             names.append(entry.name)
     return sorted(names)
 
 
 def _latest(folder: Path) -> Run | None:
-    for _, version in reversed(_versions(folder)):
+    for _, version in reversed(versions(folder)):
         if (folder / version / "meta.json").is_file():
             return Run(folder / version)
     return None
@@ -479,7 +479,7 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     for candidate in candidates:
         if (candidate / "meta.json").is_file():
             return Run(candidate)
-        if candidate.is_dir() and _versions(candidate):
+        if candidate.is_dir() and versions(candidate):
             latest = _latest(candidate)
             if latest is not None:
                 return latest
@@ -488,7 +488,7 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     head, sep, tail = text.rstrip("/").rpartition("/")
     # 2. name/vN whose version is missing
     if sep and version_number(tail) is not None and (root / head).is_dir():
-        versions = [v for _, v in _versions(root / head) if (root / head / v / "meta.json").is_file()]
+        versions = [v for _, v in versions(root / head) if (root / head / v / "meta.json").is_file()]
         if versions:
             raise UserError(
                 f"run '{head}' has no version '{tail}'{did_you_mean(tail, versions)}; "

@@ -327,8 +327,11 @@ def latest_checkpoint(run: runs.Run) -> Path | None:
 
 
 def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: dict[str, str],
-          show_progress: bool = True) -> runs.Run:
-    """Train one run (or resume one) and return its run folder; the status says how it ended."""
+          show_progress: bool = True, on_run: Callable[[runs.Run], None] | None = None) -> runs.Run:
+    """Train one run (or resume one) and return its run folder; the status says how it ended.
+
+    ``on_run`` is called with the run folder as soon as it exists (a sweep records it there).
+    """
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -360,6 +363,8 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
         run.set_status("running", resumed_from=start_checkpoint.name)
         run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
         _truncate_metrics(run, int(start_checkpoint.name.split("_")[1]))
+    if on_run is not None:
+        on_run(run)
     try:
         trainer = Trainer(exp, run, start_checkpoint=start_checkpoint, show_progress=show_progress)
         run.write_meta(device=str(trainer.accelerator.device))

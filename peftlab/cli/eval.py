@@ -1,0 +1,72 @@
+"""``peftlab eval PATH``: metrics of a run's trained model, or of an exported folder, on one split."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from peftlab.cli.app import app
+from peftlab.cli.common import console
+
+SPLITS = ("test", "validation", "train")
+
+
+@app.command("eval")
+def eval_command(
+    path: str = typer.Argument(..., help="a run (folder, name or name/vN) or an exported folder (merged model or PEFT adapter)"),
+    split: str = typer.Option("test", "--split", help="test | validation | train"),
+    run: Optional[str] = typer.Option(None, "--run", help="for an exported folder: the run whose data to use "
+                                      "(default: the run recorded in the folder's peftlab_export.json)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="evaluation batch size (default: the run's trainer.eval_batch_size)"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as one JSON object"),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="where runs live (default: runs/ or PEFTLAB_RUNS_DIR)"),
+) -> None:
+    """Loss, accuracy and macro-F1 on a split; the same numbers for a run and for its exports."""
+    import warnings
+    from pathlib import Path
+
+    from peftlab import runs
+    from peftlab.errors import UserError, did_you_mean
+
+    if split not in SPLITS:
+        raise UserError(f"--split {split} is not known{did_you_mean(split, SPLITS)}: use one of {', '.join(SPLITS)}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} is not allowed: use an integer >= 1")
+    warnings.filterwarnings("ignore")  # library deprecation notes do not concern the user (as in train)
+    root = runs.runs_root(runs_dir)
+    folder = Path(path).expanduser()
+    from peftlab.export import is_model_folder, is_peft_folder
+
+    if folder.is_dir() and (is_model_folder(folder) or is_peft_folder(folder)):
+        cfg = None
+        if run is not None:
+            from omegaconf import OmegaConf
+
+            source = runs.resolve(run, root)
+            if not (source.path / "config.yaml").is_file():
+                raise UserError(f"run '{run}' has no config.yaml: pick a run that started training")
+            cfg = OmegaConf.load(source.path / "config.yaml")
+        from peftlab.export import evaluate_model, load_export
+
+        model, tokenizer, cfg, max_length = load_export(folder, cfg)
+        metrics = evaluate_model(model, tokenizer, cfg, max_length, split, batch_size)
+        label = str(folder)
+    else:
+        if run is not None:
+            raise UserError("--run is for exported folders; a run is evaluated on its own data")
+        target = runs.resolve(path, root)
+        from peftlab.experiment import load_trained
+        from peftlab.export import evaluate_split
+
+        exp = load_trained(target.path, with_data=True)
+        metrics = evaluate_split(exp.model, exp.tokenizer, exp.splits, split, len(exp.labels),
+                                 batch_size or int(exp.cfg.trainer.eval_batch_size))
+        label = target.label
+    if as_json:
+        print(json.dumps({"split": split, **metrics}))
+        return
+    console.print(f"{label} [{split}, {metrics['examples']} examples]: loss {metrics['loss']:.4f}  "
+                  f"accuracy {metrics['accuracy']:.4f}  f1_macro {metrics['f1_macro']:.4f}", markup=False, highlight=False,
+                  soft_wrap=True)

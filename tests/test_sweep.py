@@ -1,0 +1,282 @@
+"""`peftlab sweep`: grids through Hydra's multirun (basic, joblib, submitit, optuna), --continue, compare."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import peftlab
+
+BASE = ["model=tiny", "trainer.max_steps=4", "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.batch_size=8"]
+GRID = ["method=lora,pissa", "method.rank=2,4"]
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+needs_joblib = pytest.mark.skipif(not _installed("hydra_plugins.hydra_joblib_launcher"),
+                                  reason="hydra-joblib-launcher is not installed (pip install 'peftlab[sweep]')")
+needs_submitit = pytest.mark.skipif(not _installed("hydra_plugins.hydra_submitit_launcher"),
+                                    reason="hydra-submitit-launcher is not installed (pip install 'peftlab[sweep]')")
+needs_optuna = pytest.mark.skipif(not _installed("hydra_plugins.hydra_optuna_sweeper"),
+                                  reason="hydra-optuna-sweeper is not installed (pip install 'peftlab[sweep]')")
+
+
+def _sweep_dirs(runs: Path) -> list[Path]:
+    return sorted(p.parent for p in (runs / "sweeps").glob("*/v*/sweep.json"))
+
+
+def _members(sweep_dir: Path) -> list[dict]:
+    return json.loads((sweep_dir / "sweep.json").read_text())["members"]
+
+
+def _member_run(sweep_dir: Path, member: dict) -> Path:
+    """Where `peftlab compare` finds a member's run: relative paths are under the runs folder."""
+    p = Path(member["run"])
+    return p if p.is_absolute() else sweep_dir.parents[2] / p
+
+
+def _runs_with_status(runs: Path, status: str) -> list[Path]:
+    found = []
+    for meta in runs.glob("*/v*/meta.json"):
+        try:
+            if json.loads(meta.read_text()).get("status") == status:
+                found.append(meta.parent)
+        except ValueError:  # being written
+            continue
+    return sorted(found)
+
+
+def _check_completed(sweep_dir: Path, n: int) -> list[dict]:
+    members = _members(sweep_dir)
+    assert len(members) == n
+    assert [m["status"] for m in members] == ["completed"] * n, members
+    paths = {_member_run(sweep_dir, m) for m in members}
+    assert len(paths) == n
+    for m in members:
+        run = _member_run(sweep_dir, m)
+        assert json.loads((run / "meta.json").read_text())["status"] == "completed"
+        assert (run / "overrides.txt").read_text().split() == m["overrides"]
+    return members
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """One sequential 2x2 sweep shared by the tests that only read it."""
+    runs = tmp_path_factory.mktemp("grid") / "runs"
+    res = peftlab("sweep", *BASE, *GRID, env={"PEFTLAB_RUNS_DIR": str(runs)})
+    return runs, res
+
+
+# --------------------------------------------------------------------------- planning (in process, fast)
+
+
+def test_plan_counts_with_hydras_own_expansion(runs_dir):
+    from peftlab import sweep as sw
+
+    p = sw.plan(["model=tiny", "method=lora,pissa", "method.rank=4,8,16", "seed=range(3)"])
+    assert p.count == 18 and len(p.members) == 18
+    assert p.describe().startswith("18 runs (2 method × 3 method.rank × 3 seed")
+    assert p.name == "method-method.rank-seed"
+    assert ["model=tiny", "method=lora", "method.rank=4", "seed=0"] == p.members[0]
+    assert not (runs_dir / "sweeps").exists()  # planning creates nothing
+    globbed = sw.plan(["model=tiny", "method=glob(*ora)"])
+    assert sorted(m[-1] for m in globbed.members) == ["method=dora", "method=lora", "method=milora", "method=olora"]
+
+
+def test_sweep_module_imports_no_torch():
+    code = "import sys, peftlab.sweep, peftlab.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("method=", "no value"),
+    ("method.rank=4,,8", "cannot parse"),
+    ("seed=range(3,3)", "no values"),
+    ("method=lora,lorra", "did you mean 'lora'"),
+])
+def test_empty_or_malformed_grid_is_one_line_exit_2(runs_dir, bad, says):
+    res = peftlab("sweep", *BASE, bad)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (runs_dir / "sweeps").exists()
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def test_grid_runs_every_member_and_records_it(grid_sweep):
+    runs, res = grid_sweep
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert "4 runs" in lines[0] and "2 method × 2 method.rank" in lines[0], res.stdout
+    (sweep_dir,) = _sweep_dirs(runs)
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    assert data["name"] == "method-method.rank" and data["version"] == sweep_dir.name == "v1"
+    assert data["grid"] == GRID and data["status"] == "completed"
+    members = _check_completed(sweep_dir, 4)
+    assert [m["overrides"][-2:] for m in members] == [
+        ["method=lora", "method.rank=2"], ["method=lora", "method.rank=4"],
+        ["method=pissa", "method.rank=2"], ["method=pissa", "method.rank=4"],
+    ]
+    assert len(_runs_with_status(runs, "completed")) == 4
+    assert f"peftlab compare {sweep_dir}" in res.stdout
+
+
+def test_compare_reads_the_sweep_folder(grid_sweep):
+    runs, _ = grid_sweep
+    (sweep_dir,) = _sweep_dirs(runs)
+    res = peftlab("compare", str(sweep_dir), "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 4
+    table = peftlab("compare", str(sweep_dir), env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    assert "4 run(s), 4 configuration(s)" in table.stdout
+
+
+@needs_joblib
+def test_jobs_runs_members_in_parallel_with_joblib(runs_dir):
+    res = peftlab("sweep", *BASE, *GRID, "--jobs", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 runs" in res.stdout.splitlines()[0] and "joblib" in res.stdout.splitlines()[0]
+    (sweep_dir,) = _sweep_dirs(runs_dir)
+    _check_completed(sweep_dir, 4)
+    assert json.loads((sweep_dir / "sweep.json").read_text())["launcher"] == "joblib"
+
+
+@needs_submitit
+def test_submitit_local_executor(runs_dir):
+    res = peftlab("sweep", *BASE, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 runs" in res.stdout.splitlines()[0]
+    (sweep_dir,) = _sweep_dirs(runs_dir)
+    _check_completed(sweep_dir, 2)
+    assert list((sweep_dir / "hydra" / ".submitit").glob("*/*_result.pkl"))
+
+
+@needs_optuna
+def test_optuna_searches_the_learning_rate(runs_dir):
+    res = peftlab("sweep", *BASE, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                  "optimizer.lr=tag(log,interval(1e-4,1e-2))")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 runs" in res.stdout.splitlines()[0] and "maximize accuracy" in res.stdout.splitlines()[0]
+    (sweep_dir,) = _sweep_dirs(runs_dir)
+    members = _check_completed(sweep_dir, 2)
+    lrs = [float(o.split("=")[1]) for m in members for o in m["overrides"] if o.startswith("optimizer.lr=")]
+    assert len(lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    assert len(_runs_with_status(runs_dir, "completed")) == 2
+
+
+# --------------------------------------------------------------------------- failures and --continue
+
+
+def test_a_member_user_error_fails_only_that_member(runs_dir):
+    res = peftlab("sweep", *BASE, "method.rank=4,1000")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "1 completed, 1 failed" in res.stdout
+    (sweep_dir,) = _sweep_dirs(runs_dir)
+    ok, bad = _members(sweep_dir)
+    assert ok["status"] == "completed" and _member_run(sweep_dir, ok).is_dir()
+    assert bad["status"] == "failed" and "method.rank=1000" in bad["error"] and "method.rank <=" in bad["error"]
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "failed"
+
+
+def test_killed_sweep_continues_with_only_the_missing_members(runs_dir):
+    cmd = [sys.executable, "-m", "peftlab", "sweep", *BASE, "seed=0,1,2,3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ})
+    try:
+        deadline = time.monotonic() + 240
+        while len(_runs_with_status(runs_dir, "completed")) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the sweep did not complete 2 runs in time"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    (sweep_dir,) = _sweep_dirs(runs_dir)
+    done_before = {p: (p / "meta.json").read_text() for p in _runs_with_status(runs_dir, "completed")}
+    assert 2 <= len(done_before) < 4
+
+    res = peftlab("sweep", "--continue", str(sweep_dir))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{4 - len(done_before)} of 4 runs to go" in res.stdout.splitlines()[0], res.stdout
+    members = _check_completed(sweep_dir, 4)
+    completed = _runs_with_status(runs_dir, "completed")
+    assert len(completed) == 4
+    seeds = sorted(int(json.loads((p / "meta.json").read_text())["seed"]) for p in completed)
+    assert seeds == [0, 1, 2, 3]  # every member exactly once: nothing completed was re-run
+    for p, meta in done_before.items():
+        assert (p / "meta.json").read_text() == meta
+    assert set(done_before) <= {_member_run(sweep_dir, m) for m in members}
+
+    again = peftlab("sweep", "--continue", str(sweep_dir))
+    assert again.returncode == 0 and "nothing to continue" in again.stdout
+    assert len(_runs_with_status(runs_dir, "completed")) == 4
+
+
+def _fake_sweep(runs: Path, record: dict | None, run_meta: dict | None) -> Path:
+    """A sweep folder with one member whose process died, and (optionally) the run it started."""
+    import socket
+
+    if run_meta is not None:
+        run = runs / "lora-tiny-stdlib_docs" / "v1"
+        run.mkdir(parents=True)
+        (run / "meta.json").write_text(json.dumps({"host": socket.gethostname(), **run_meta}))
+        (run / "summary.json").write_text("{}")
+    sweep_dir = runs / "sweeps" / "seed" / "v1"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "name": "seed", "version": "v1", "grid": ["seed=0"], "count": 1, "status": "running",
+        "members": [{"index": 0, "overrides": ["seed=0"], "run": None, "status": "pending"}],
+    }))
+    if record is not None:
+        (sweep_dir / "members").mkdir()
+        (sweep_dir / "members" / "0.json").write_text(json.dumps({
+            "index": 0, "overrides": ["seed=0"], "run": None, "host": socket.gethostname(),
+            "runs_root": str(runs), "run_name": "lora-tiny-stdlib_docs", "after_version": 0, **record}))
+    return sweep_dir
+
+
+def test_refresh_adopts_a_run_whose_member_was_killed_before_recording_it(runs_dir):
+    from peftlab import sweep as sw
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": dead.pid},
+                            {"status": "completed", "pid": dead.pid})
+    (member,) = sw.refresh(sweep_dir)["members"]
+    assert member["run"] == "lora-tiny-stdlib_docs/v1" and member["status"] == "completed"
+    assert _member_run(sweep_dir, member) == runs_dir / "lora-tiny-stdlib_docs" / "v1"
+
+
+def test_continue_refuses_a_sweep_that_is_still_running(runs_dir):
+    import socket
+
+    from peftlab import sweep as sw
+    from peftlab.errors import UserError
+
+    sweep_dir = _fake_sweep(runs_dir, None, None)
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    data.update(pid=os.getppid(), host=socket.gethostname())
+    (sweep_dir / "sweep.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="still running"):
+        sw.resume(str(sweep_dir))
+    with pytest.raises(UserError, match="not a sweep folder"):
+        sw.resume(str(runs_dir / "nope"))
