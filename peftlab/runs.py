@@ -385,8 +385,8 @@ def allocate(root: str | Path, name: str) -> Run:
         parent.mkdir(parents=True, exist_ok=True)
     except NotADirectoryError:
         raise UserError(f"cannot create run folder under '{parent}': a file is in the way") from None
-    versions = versions(parent)
-    n = (versions[-1][0] if versions else 0) + 1
+    existing = versions(parent)
+    n = (existing[-1][0] if existing else 0) + 1
     for _ in range(100_000):
         path = parent / f"v{n}"
         try:
@@ -488,11 +488,11 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     head, sep, tail = text.rstrip("/").rpartition("/")
     # 2. name/vN whose version is missing
     if sep and version_number(tail) is not None and (root / head).is_dir():
-        versions = [v for _, v in versions(root / head) if (root / head / v / "meta.json").is_file()]
-        if versions:
+        known = [v for _, v in versions(root / head) if (root / head / v / "meta.json").is_file()]
+        if known:
             raise UserError(
-                f"run '{head}' has no version '{tail}'{did_you_mean(tail, versions)}; "
-                f"its versions: {', '.join(versions)}"
+                f"run '{head}' has no version '{tail}'{did_you_mean(tail, known)}; "
+                f"its versions: {', '.join(known)}"
             )
     # 3. a path that exists but is not a run
     if path.is_dir() and not (path / "meta.json").is_file() and (sep or path.is_absolute() or text.startswith(".")):
