@@ -249,20 +249,21 @@ def _fake_sweep(runs: Path, record: dict | None, run_meta: dict | None) -> Path:
     if record is not None:
         (sweep_dir / "members").mkdir()
         (sweep_dir / "members" / "0.json").write_text(json.dumps({
-            "index": 0, "overrides": ["seed=0"], "run": None, "host": socket.gethostname(),
-            "runs_root": str(runs), "run_name": "lora-tiny-stdlib_docs", "after_version": 0, **record}))
+            "index": 0, "overrides": ["seed=0"], "run": None, "host": socket.gethostname(), **record}))
     return sweep_dir
 
 
-def test_refresh_adopts_a_run_whose_member_was_killed_before_recording_it(runs_dir):
+@pytest.mark.parametrize("run_status, member_status", [("completed", "completed"), ("running", "interrupted")])
+def test_refresh_keeps_the_run_of_a_member_killed_before_it_ended(runs_dir, run_status, member_status):
     from peftlab import sweep as sw
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": dead.pid},
-                            {"status": "completed", "pid": dead.pid})
+    # A member records its run as soon as the folder exists (train's on_run), then is killed.
+    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": dead.pid, "run": "lora-tiny-stdlib_docs/v1"},
+                            {"status": run_status, "pid": dead.pid})
     (member,) = sw.refresh(sweep_dir)["members"]
-    assert member["run"] == "lora-tiny-stdlib_docs/v1" and member["status"] == "completed"
+    assert member["run"] == "lora-tiny-stdlib_docs/v1" and member["status"] == member_status
     assert _member_run(sweep_dir, member) == runs_dir / "lora-tiny-stdlib_docs" / "v1"
 
 

@@ -1,0 +1,295 @@
+"""Planning a sweep: parse, expand and validate the grid before anything is created.
+
+Hydra's own parser and basic sweeper expand the overrides, so the plan counts the
+members exactly as the launch will; every mistake is a one-line ``UserError``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab import runs
+from peftlab.errors import UserError
+
+BASIC, OPTUNA = "basic", "optuna"
+PLUGINS_HINT = "install the optional Hydra plugins with: pip install 'peftlab[sweep]'"
+
+
+@dataclass
+class Plan:
+    """What a sweep will do, worked out before anything is created."""
+
+    overrides: list[str]  # task overrides as typed (with sweep syntax)
+    hydra_overrides: list[str]  # hydra.* / hydra/ overrides as typed (+ --jobs)
+    config_dirs: list[str]
+    sweeper: str  # basic | optuna | another sweeper's option name
+    launcher: str
+    members: list[list[str]] | None  # the expanded grid (None when the sweeper decides)
+    dims: list[tuple[str, int]]  # swept key, number of values
+    count: int | None
+    grid: list[str]  # the sweep overrides as typed
+    runs_root: Path
+    name: str
+    metric: str
+    direction: str | None = None  # optuna: minimize | maximize
+    extra: list[str] = field(default_factory=list)  # hydra overrides peftlab adds (no paths)
+
+    def describe(self) -> str:
+        if self.sweeper == BASIC:
+            what = " × ".join(f"{n} {k}" for k, n in self.dims) or "no swept key"
+        elif self.sweeper == OPTUNA:
+            what = f"optuna over {', '.join(k for k, _ in self.dims) or 'nothing'}, {self.direction} {self.metric}"
+        else:
+            what = f"sweeper {self.sweeper}"
+        if self.launcher != BASIC:
+            what += f"; launcher {self.launcher}"
+        count = "?" if self.count is None else str(self.count)
+        return f"{count} run{'' if self.count == 1 else 's'} ({what})"
+
+
+def _key(text: str) -> str:
+    return text.partition("=")[0].strip().lstrip("+~")
+
+
+def _is_hydra(text: str) -> bool:
+    key = _key(text)
+    return key == "hydra" or key.startswith("hydra.") or key.startswith("hydra/")
+
+
+def _quote(value: str) -> str:
+    """A path as a quoted Hydra override value."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _hydra(config_dirs: Sequence[str | Path] = ()):
+    """A fresh Hydra instance on peftlab's config tree (+ the user's folders after it)."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    from peftlab.config import config_dir
+
+    version.setbase(None)  # this Hydra's own defaults, as `peftlab train` composes (no 1.1 compatibility)
+    GlobalHydra.instance().clear()
+    search_path = create_config_search_path(str(config_dir()))
+    for d in reversed([Path(d).resolve() for d in config_dirs]):
+        if not d.is_dir():
+            raise UserError(f"config folder '{d}' does not exist: pass an existing folder to --config-dir")
+        search_path.append("peftlab --config-dir", f"file://{d}", anchor=SearchPathQuery(provider="main"))
+    return Hydra.create_main_hydra2(task_name="peftlab", config_search_path=search_path)
+
+
+def _hydra_error(exc: Exception, hydra: Any, overrides: Sequence[str], config_dirs: Sequence[str]) -> UserError:
+    """One line for a Hydra composition error, with the installed plugins for hydra/ groups."""
+    from peftlab.config import explain_hydra_error, search_path
+
+    text = str(exc)
+    missing = re.search(r"Could not (?:find|load) '(hydra/\w+)/([^']+)'", text)
+    if missing:
+        group, option = missing.group(1), missing.group(2)
+        try:
+            installed = sorted(hydra.config_loader.get_group_options(group))
+        except Exception:  # noqa: BLE001 - only for the message
+            installed = []
+        return UserError(
+            f"unknown {group} '{option}': installed: {', '.join(installed) or '(none)'}; {PLUGINS_HINT}"
+        )
+    return UserError(explain_hydra_error(exc, list(overrides), search_path(config_dirs)))
+
+
+def _plugin_name(choices: Any, group: str, target: str) -> str:
+    name = choices.get(group) if choices is not None else None
+    if name:
+        return str(name)
+    return target.rsplit(".", 1)[-1] if target else "?"
+
+
+def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequence[str] = (),
+         name: str | None = None, extra_hydra: Sequence[str] = ()) -> Plan:
+    """Parse, expand and validate a sweep; every mistake is a one-line ``UserError``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from peftlab.config import compose
+
+    overrides = [str(o) for o in overrides]
+    config_dirs = [str(d) for d in config_dirs]
+    hydra_ovr = [o for o in overrides if _is_hydra(o)] + list(extra_hydra)
+    task = [o for o in overrides if not _is_hydra(o)]
+    for o in hydra_ovr:
+        if _key(o) in ("hydra.sweep.dir", "hydra.run.dir"):
+            raise UserError(
+                f"'{o}' is not allowed: peftlab sweep keeps Hydra's output inside the sweep folder; "
+                f"choose where runs go with runs_dir=... instead"
+            )
+    if jobs is not None:
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs} is not allowed: use --jobs N with N >= 1 (parallel runs)")
+        chosen = [o.partition("=")[2] for o in hydra_ovr if _key(o) == "hydra/launcher"]
+        if chosen and chosen[-1] != "joblib":
+            raise UserError(
+                f"--jobs runs the joblib launcher; it cannot be combined with hydra/launcher={chosen[-1]} "
+                f"(set that launcher's own parallelism instead)"
+            )
+        if not chosen:
+            hydra_ovr.append("hydra/launcher=joblib")
+        hydra_ovr.append(f"hydra.launcher.n_jobs={jobs}")
+
+    hydra = _hydra(config_dirs)
+    parser = OverridesParser.create(config_loader=hydra.config_loader)
+    parsed = []
+    for text in task + hydra_ovr:
+        try:
+            one = parser.parse_overrides([text])
+        except HydraException as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            lines = [ln for ln in lines if not ln.startswith(("Error parsing override", "See https"))]
+            detail = re.sub(r"\s*expecting \{.*?\}", "", lines[0]).strip() if lines else ""
+            raise UserError(
+                f"cannot parse override '{text}'{' (' + detail + ')' if detail else ''}: "
+                f"use key=value or a sweep: key=a,b,c, range(start,stop[,step]), glob(pattern)"
+            ) from None
+        if text in task:
+            parsed += one
+
+    # Empty keys and values.
+    for o in parsed:
+        if o.is_delete():
+            continue
+        if not o.get_key_element().lstrip("+~"):
+            raise UserError(f"cannot parse override '{o.input_line}': use key=value, e.g. method.rank=16")
+        if not o.is_sweep_override() and o.get_value_element_as_str() == "":
+            raise UserError(
+                f"'{o.input_line}' has no value: give one value or a comma-separated list, "
+                f"e.g. {o.get_key_element()}=a,b"
+            )
+
+    # The master config: validates the hydra/ choices (launcher, sweeper) and their settings.
+    master_overrides = hydra_ovr + _ours(hydra_ovr, Path("/nonexistent-peftlab-sweep")) + task
+    try:
+        master = hydra.compose_config("config", overrides=master_overrides + ["hydra.mode=MULTIRUN"],
+                                      run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise _hydra_error(exc, hydra, master_overrides, config_dirs) from None
+    hchoices = master.hydra.runtime.choices
+    sweeper_target = str(master.hydra.sweeper.get("_target_", ""))
+    launcher_target = str(master.hydra.launcher.get("_target_", ""))
+    sweeper = BASIC if sweeper_target.endswith("BasicSweeper") else _plugin_name(hchoices, "hydra/sweeper", sweeper_target)
+    if "optuna" in sweeper_target.lower():
+        sweeper = OPTUNA
+    launcher = BASIC if launcher_target.endswith("BasicLauncher") else _plugin_name(hchoices, "hydra/launcher", launcher_target)
+
+    # Expand the grid as the basic sweeper will, with the sweeper's configured params first.
+    members: list[list[str]] | None = None
+    dims: list[tuple[str, int]] = []
+    grid = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeper == BASIC:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        params = master.hydra.sweeper.get("params") or {}
+        config_params = [f"{k}={v}" for k, v in params.items()]
+        try:
+            all_parsed = parser.parse_overrides(config_params) + parsed
+            for o in all_parsed:
+                if o.is_sweep_override():
+                    if not o.is_discrete_sweep():
+                        raise UserError(
+                            f"'{o.input_line}' is a search range, not a list: the grid sweeper needs values "
+                            f"(a,b,c or range(...)); search ranges need hydra/sweeper=optuna hydra.sweeper.n_trials=N"
+                        )
+                    values = list(o.sweep_string_iterator())
+                    if not values:
+                        raise UserError(
+                            f"'{o.input_line}' sweeps over no values, so the sweep would make no run: "
+                            f"give at least one value, e.g. {o.get_key_element()}=0,1 or range(0,3)"
+                        )
+                    dims = [d for d in dims if d[0] != o.get_key_element()] + [(o.get_key_element(), len(values))]
+            members = [list(m) for batch in BasicSweeper.split_arguments(all_parsed, None) for m in batch]
+        except HydraException as exc:
+            raise UserError(f"invalid sweep: {str(exc).strip().splitlines()[0]}") from None
+        grid = config_params + grid
+        count: int | None = len(members)
+        if not members:
+            raise UserError("the sweep makes no run: give at least one value to every swept key")
+    elif sweeper == OPTUNA:
+        count = int(master.hydra.sweeper.n_trials)
+        if count < 1:
+            raise UserError(f"hydra.sweeper.n_trials={count} is not allowed: use an integer >= 1")
+        params = master.hydra.sweeper.get("params") or {}
+        dims = [(str(k), 0) for k in params] + [(o.get_key_element(), 0) for o in parsed if o.is_sweep_override()]
+        grid = [f"{k}={v}" for k, v in params.items()] + grid
+    else:
+        count = None
+        dims = [(o.get_key_element(), 0) for o in parsed if o.is_sweep_override()]
+
+    # Validate every swept value once (the other keys at their first value): unknown
+    # options, keys and bad values stop the sweep here, before any folder exists.
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    if members:
+        checks = [members[0]]
+        for key, _ in dims:
+            seen = {o for o in members[0] if _key(o) == key}
+            for m in members:
+                value = next((o for o in m if _key(o) == key), None)
+                if value is not None and value not in seen and all(
+                    o == b or _key(o) == key for o, b in zip(m, members[0])
+                ):
+                    seen.add(value)
+                    checks.append(m)
+    else:
+        checks = [fixed]
+    cfg = None
+    for check in checks:
+        try:
+            cfg = compose(check, config_dirs)
+        except UserError as exc:
+            if check is checks[0]:
+                raise
+            which = " ".join(o for o in check if o not in checks[0])
+            raise UserError(f"{exc} (in the members with {which})") from None
+    assert cfg is not None
+    metric = str(cfg.trainer.metric)
+    direction = None
+    if sweeper == OPTUNA:
+        given = [o.partition("=")[2] for o in hydra_ovr if _key(o) == "hydra.sweeper.direction"]
+        if given:
+            direction = given[-1]
+        else:
+            from peftlab.compare import LOWER_IS_BETTER
+
+            direction = "minimize" if any(s in metric.lower() for s in LOWER_IS_BETTER) else "maximize"
+    root = runs.runs_root(cfg.runs_dir)
+    root = root if root.is_absolute() else Path.cwd() / root
+    swept = [k for k, _ in dims]
+    if not name:
+        if cfg.get("name") and "name" not in swept:
+            name = str(cfg.name)
+        else:
+            name = "-".join(k.replace("/", "_") for k in swept) or "sweep"
+    extra = []
+    if sweeper == OPTUNA and not any(_key(o) == "hydra.sweeper.direction" for o in hydra_ovr):
+        extra.append(f"hydra.sweeper.direction={direction}")
+    return Plan(overrides=task, hydra_overrides=hydra_ovr, config_dirs=config_dirs, sweeper=sweeper,
+                launcher=launcher, members=members, dims=dims, count=count, grid=grid, runs_root=root,
+                name=runs.check_name(name), metric=metric, direction=direction, extra=extra)
+
+
+def _ours(user_hydra: Sequence[str], hydra_dir: Path) -> list[str]:
+    """The Hydra settings a sweep adds unless the user set them: output inside the sweep folder."""
+    given = {_key(o) for o in user_hydra}
+    ours = {
+        "hydra.sweep.dir": _quote(str(hydra_dir)),
+        "hydra.run.dir": _quote(str(hydra_dir)),
+        "hydra.job.chdir": "False",
+        "hydra/job_logging": "disabled",
+        "hydra/hydra_logging": "disabled",
+    }
+    return [f"{k}={v}" for k, v in ours.items() if k not in given]
