@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI checks path
     from torch import Tensor, nn
 
     from peftlab.experiment import Experiment
-    from peftlab.methods.base import Adapter, AdaptedLinear
+    from peftlab.methods.base import AdaptedLinear, Adapter
 
 FORMATS = ("peft", "merged")
 EXPORT_INFO_FILE = "peftlab_export.json"
@@ -498,6 +498,7 @@ def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if is_peft_folder(folder):
         try:
             from peft import PeftModel
@@ -507,7 +508,9 @@ def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int
 
         labels = (info or {}).get("labels")
         if labels is None:
-            raise UserError(f"'{folder}' has no {EXPORT_INFO_FILE} with the label names: re-export the run")
+            from peftlab.data.tokenize import label_names
+
+            labels = label_names(build(cfg.dataset, seed=int(cfg.seed)))
         loaded = build(cfg.model, num_labels=len(labels), seed=int(cfg.seed))  # the original base, as the run built it
         model = PeftModel.from_pretrained(loaded.model, str(folder))
         return model, loaded.tokenizer, cfg, int(loaded.max_length)

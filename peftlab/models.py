@@ -129,11 +129,13 @@ def load_classifier(
             model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=bool(trust_remote_code))
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, use_safetensors=True, **common
+                source, config=config, use_safetensors=True,
+                # a checkpoint with a head for another label count gets a fresh head for this task
+                ignore_mismatched_sizes=True, **common
             )
     except UserError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"cannot load model '{name}' ({first[:200]}): use a local folder with config.json and "
