@@ -49,14 +49,18 @@ class DoRAAdapter(LoRAAdapter):
         return self.rank * (self.in_features + self.out_features) + self.out_features
 
     @torch.no_grad()
-    def weight_norm(self, weight: Tensor, lora_weight: Tensor) -> Tensor:
-        """``||W + s B A||`` per output row, outside the autograd graph (the detached norm)."""
+    def weight_norm(self, weight: Tensor) -> Tensor:
+        """``||W + s B A||`` per output row, outside the autograd graph (the detached norm).
+
+        B A is formed here, under no_grad, so the m x n product never enters the graph.
+        """
+        lora_weight = (self.lora_B @ self.lora_A).to(weight.dtype)
         return torch.linalg.norm(weight + self.scale * lora_weight, dim=1).to(weight.dtype)
 
     def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
         result = base(x)
         weight = base.weight.to(x.dtype)
-        norm = self.weight_norm(weight, (self.lora_B @ self.lora_A).to(x.dtype))
+        norm = self.weight_norm(weight)
         mag_norm_scale = (self.lora_magnitude / norm).view(1, -1)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             base_result = result if base.bias is None else result - base.bias
