@@ -122,7 +122,7 @@ def _say_member(data: dict, index: int, record: dict) -> None:
     total = data.get("count") or len(data.get("members") or [])
     line = f"[{index + 1}/{total}] {record['status']}: {' '.join(shown)}"
     if record.get("value") is not None:
-        line += f"  {data.get('metric', 'metric')} {record['value']:.4f}"
+        line += f"  best val {data.get('metric', 'metric')} {record['value']:.4f}"
     if record.get("error"):
         line += f"  ({record['error']})"
     print(line, flush=True)
