@@ -37,6 +37,8 @@ max_length), so ``peftlab eval OUT`` can evaluate the export on the run's data.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -95,6 +97,18 @@ def _staging(out: Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write the export next to '{out}' ({exc.strerror or exc}): pick a writable folder") from None
     return tmp
+
+
+@contextlib.contextmanager
+def _staged(out: Path):
+    """Write into a staging folder; move it to ``out`` on success, remove it on any failure."""
+    tmp = _staging(out)
+    try:
+        yield tmp
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -393,16 +407,11 @@ def write_peft(exp: Experiment, run_path: Path, out: Path, *, rank: int | None =
     out = Path(out)
     check_output(out, force=force, run_path=run_path)
     tensors, config, report = peft_export(exp, rank)
-    tmp = _staging(out)
-    try:
+    with _staged(out) as tmp:
         save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(tmp / PEFT_CONFIG_FILE, config)
         _write_json(tmp / REPORT_FILE, report)
         _write_json(tmp / EXPORT_INFO_FILE, _export_info(exp, run_path, "peft"))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -432,17 +441,12 @@ def write_merged(exp: Experiment, run_path: Path, out: Path, *, force: bool = Fa
     model.config.id2label = {i: label for i, label in enumerate(exp.labels)}
     model.config.label2id = {label: i for i, label in enumerate(exp.labels)}
     model.config.num_labels = len(exp.labels)
-    tmp = _staging(out)
-    try:
+    report = {"format": "merged", "path": "merged", "layers_merged": merged}
+    with _staged(out) as tmp:
         model.save_pretrained(str(tmp))
         exp.tokenizer.save_pretrained(str(tmp))
-        report = {"format": "merged", "path": "merged", "layers_merged": merged}
         _write_json(tmp / REPORT_FILE, report)
         _write_json(tmp / EXPORT_INFO_FILE, _export_info(exp, run_path, "merged"))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

@@ -260,23 +260,7 @@ class Run:
 
     def metrics(self) -> list[dict]:
         """Every record of metrics.jsonl; a truncated or damaged line (a crash mid-write) is skipped."""
-        try:
-            with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        records = []
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return read_jsonl(self.metrics_path)
 
     def overrides(self) -> list[str]:
         """The overrides the user typed (overrides.txt), one per line."""
@@ -338,6 +322,27 @@ class Run:
 
 
 # --------------------------------------------------------------------------- the store
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; blank, truncated or damaged lines are skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    records = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def check_name(name: str) -> str:

@@ -25,6 +25,7 @@ from peftlab.compare.values import (
     parse_scalar,
 )
 from peftlab.errors import UserError, did_you_mean
+from peftlab.runs import read_jsonl
 
 #: The file that makes a folder a run folder, and the one that makes it a sweep folder instead.
 RUN_FILE = "meta.json"
@@ -162,21 +163,7 @@ class RunRecord:
     def metrics(self) -> list[dict]:
         """The lines of metrics.jsonl (malformed lines, e.g. a partial last line, are skipped)."""
         if self._metrics is None:
-            rows: list[dict] = []
-            try:
-                with open(self.path / "metrics.jsonl", encoding="utf-8") as f:
-                    for line in f:
-                        line = line.strip()
-                        if not line:
-                            continue
-                        try:
-                            obj = json.loads(line)
-                        except ValueError:
-                            continue
-                        if isinstance(obj, dict):
-                            rows.append(obj)
-            except OSError:
-                pass
+            rows = read_jsonl(self.path / "metrics.jsonl")
             self._metrics = rows
         return self._metrics
 
