@@ -195,6 +195,9 @@ class TrainerSchema:
     deterministic: bool = True
     group_by_length: bool = True
     metric: str = "accuracy"
+    select: str = "best"
+    nonfinite: str = "fail"
+    max_consecutive_skips: int = 10
 
 
 @dataclasses.dataclass
@@ -220,6 +223,9 @@ RANGE_RULES: list[tuple[str, Any, str]] = [
     ("trainer.schedule", lambda v: v in ("cosine", "linear", "constant"), "one of cosine, linear, constant"),
     ("trainer.max_grad_norm", lambda v: v >= 0, "a number >= 0 (0 disables clipping)"),
     ("trainer.precision", lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
+    ("trainer.select", lambda v: v in ("best", "final"), "best (the best validation pass) or final (the last step)"),
+    ("trainer.nonfinite", lambda v: v in ("fail", "skip"), "fail (stop the run) or skip (drop the step's update)"),
+    ("trainer.max_consecutive_skips", lambda v: v >= 1, "an integer >= 1"),
     ("optimizer.lr", lambda v: v > 0, "a number > 0"),
     ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
     ("seed", lambda v: v >= 0, "an integer >= 0"),
@@ -272,6 +278,10 @@ def validate(cfg: DictConfig) -> None:
     for group in ("model", "dataset", "method", "optimizer"):
         if "_target_" not in cfg[group]:
             raise UserError(f"config group '{group}' has no _target_: name the class or function that builds it")
+    if cfg.get("name"):
+        from peftlab.runs import check_name
+
+        check_name(str(cfg.name))  # before any data or model is loaded
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         key = sorted(missing)[0]

@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from peftlab.config import build, regularizer_nodes
 from peftlab.data.tokenize import label_names, tokenize_splits
 from peftlab.errors import UserError
+from peftlab.runs import atomic_write_json, write_bytes
 from peftlab.methods.base import Adapter, Method, adapted_layers, trainable_parameters
 from peftlab.models import LoadedModel
 
@@ -96,6 +98,24 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def frozen_fingerprint(model: nn.Module) -> str:
+    """A hash of the frozen weights a checkpoint does not store (they are rebuilt from their source).
+
+    Bases rewritten by an adapter (PiSSA's residual, ...) are left out: they are
+    restored from the saved initial values, and a re-derived SVD on another
+    machine may differ from the original in the last bits.
+    """
+    import hashlib
+
+    rewritten = {f"{name}.base.weight" for name, layer in adapted_layers(model).items() if layer.adapter.rewrites_base}
+    digest = hashlib.blake2b(digest_size=16)
+    for name, p in model.named_parameters():
+        if not p.requires_grad and name not in rewritten:
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a run must keep: the trainable parameters and the adapters' own buffers.
 
@@ -130,7 +150,14 @@ def initial_of_rewriting_adapters(model: nn.Module, method: Method) -> dict[str,
 
 def _restore_residuals(model: nn.Module, method: Method, initial: dict[str, torch.Tensor],
                        buffers: dict[str, torch.Tensor]) -> None:
-    """Re-derive each rewritten base as ``unmerge(merge(rebuilt), saved initial)``."""
+    """Re-derive each rewritten base as ``unmerge(merge(rebuilt), saved initial)``.
+
+    Skipped when the rebuild drew the very initial values that were saved (same
+    machine, same seed): the rebuilt base is then already bit-identical, and
+    merging then unmerging would round it.
+    """
+    if all(key in method.initial and torch.equal(method.initial[key].cpu(), value) for key, value in initial.items()):
+        return
     params = dict(model.named_parameters())
     named_buffers = dict(model.named_buffers())
     with torch.no_grad():
@@ -148,31 +175,67 @@ def _restore_residuals(model: nn.Module, method: Method, initial: dict[str, torc
             layer.base.weight.copy_(layer.adapter.unmerged_weight(original))
 
 
-def save_adapter(exp: Experiment, folder: Path) -> None:
-    """Write the trained parameters and what rebuilds them (atomically, via a temp folder)."""
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors`` file of ``tensors`` (written by ``runs.write_bytes``: umask modes, clear errors)."""
+    write_bytes(path, safetensors_bytes(tensors))
+
+
+def write_trained(exp: Experiment, folder: Path) -> list[str]:
+    """Write what training changed into ``folder``: trained tensors, rewriting adapters'
+    initial values, the method's state. Returns the trained tensors' names."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     weights = {n: t.detach().to("cpu").contiguous() for n, t in trained_tensors(exp.model).items()}
-    save_file(weights, str(tmp / ADAPTER_FILE))
+    save_tensors(weights, folder / ADAPTER_FILE)
     initial = initial_of_rewriting_adapters(exp.model, exp.method)
     if initial:
-        save_file(initial, str(tmp / INITIAL_FILE))
+        save_tensors(initial, folder / INITIAL_FILE)
     state = {k: v.detach().to("cpu").contiguous() for k, v in exp.method.state_dict().items()}
     if state:
-        save_file(state, str(tmp / METHOD_STATE_FILE))
-    info = {
-        "config": OmegaConf.to_container(exp.cfg, resolve=True),
-        "labels": exp.labels,
-        "parameters": sorted(weights),
-        "source": exp.loaded.source,
-    }
-    (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(info, indent=2))
-    if folder.exists():
-        import shutil
+        save_tensors(state, folder / METHOD_STATE_FILE)
+    return sorted(weights)
 
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+
+def read_trained(exp: Experiment, folder: Path, what: str) -> None:
+    """Load what ``write_trained`` wrote into the rebuilt experiment (``what`` names it in errors)."""
+    folder = Path(folder)
+    weights = load_file(str(folder / ADAPTER_FILE))
+    if (folder / INITIAL_FILE).is_file():
+        buffers = {k: v for k, v in weights.items() if k in dict(exp.model.named_buffers())}
+        _restore_residuals(exp.model, exp.method, load_file(str(folder / INITIAL_FILE)), buffers)
+    params = {**dict(exp.model.named_parameters()), **dict(exp.model.named_buffers())}
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise UserError(f"{what} does not fit its model (e.g. '{missing[0]}'): was it edited?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].dtype))
+    state_file = folder / METHOD_STATE_FILE
+    if state_file.is_file():
+        exp.method.load_state_dict(load_file(str(state_file)))
+
+
+def save_adapter(exp: Experiment, folder: Path) -> None:
+    """Write the trained parameters and what rebuilds them (atomically, via a temp folder)."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        names = write_trained(exp, tmp)
+        info = {
+            "config": OmegaConf.to_container(exp.cfg, resolve=True),
+            "labels": exp.labels,
+            "parameters": names,
+            "source": exp.loaded.source,
+        }
+        atomic_write_json(tmp / ADAPTER_CONFIG_FILE, info)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_trained(run_path: Path, *, with_data: bool = False) -> Experiment:
@@ -184,18 +247,5 @@ def load_trained(run_path: Path, *, with_data: bool = False) -> Experiment:
     info = json.loads(info_file.read_text())
     cfg = OmegaConf.create(info["config"])
     exp = build_experiment(cfg, with_data=with_data, labels=info["labels"])
-    weights = load_file(str(folder / ADAPTER_FILE))
-    if (folder / INITIAL_FILE).is_file():
-        buffers = {k: v for k, v in weights.items() if k in dict(exp.model.named_buffers())}
-        _restore_residuals(exp.model, exp.method, load_file(str(folder / INITIAL_FILE)), buffers)
-    params = {**dict(exp.model.named_parameters()), **dict(exp.model.named_buffers())}
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise UserError(f"adapter of '{run_path}' does not fit its model (e.g. '{missing[0]}'): was it edited?")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].dtype))
-    state_file = folder / METHOD_STATE_FILE
-    if state_file.is_file():
-        exp.method.load_state_dict(load_file(str(state_file)))
+    read_trained(exp, folder, f"adapter of '{run_path}'")
     return exp

@@ -31,6 +31,7 @@ showing runs stays fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -45,6 +46,7 @@ from peftlab.provenance import environment, git_info, new_meta, pid_alive  # noq
 STATUSES = ("running", "completed", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "interrupted")
 _VERSION = re.compile(r"^v(\d+)$")
+OWNER_FILE = ".owner"  # flock-ed by the process that writes the run (see Run.own)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -95,6 +97,37 @@ def version_number(version: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, recursively.
+
+    JSON has no NaN: ``json.dumps`` would write the bare token ``NaN``, which strict
+    readers (and other languages) refuse. A missing value is what it is.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj``: non-finite numbers become null, other objects their value or str."""
+    return json.dumps(finite_or_none(_plain(obj)), indent=indent, allow_nan=False, default=_json_default)
+
+
+def _plain(obj: Any) -> Any:
+    # Scalars from numpy/torch become Python numbers first, so finite_or_none sees them.
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return _json_default(obj)
+
+
 def _json_default(obj: Any) -> Any:
     # numpy / torch scalars have .item(); paths and the rest become strings.
     item = getattr(obj, "item", None)
@@ -128,6 +161,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; run files follow the umask like any other
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -142,9 +176,39 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through Python's own I/O.
+
+    Libraries that write files themselves report a full disk as an unrelated
+    error (a zip writer's "unexpected pos", a Rust I/O error); serialising to
+    bytes first and writing them here turns it into an ``OSError`` with its
+    errno and the file's name, which the lab can explain in one line.
+    """
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """``atomic_write_text`` of ``obj`` as indented JSON."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """``atomic_write_text`` of ``obj`` as indented, strict JSON (see ``to_json``)."""
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
+
+
+_FILE_MODE: int | None = None
+
+
+def file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    global _FILE_MODE
+    if _FILE_MODE is None:
+        mask = os.umask(0)
+        os.umask(mask)
+        _FILE_MODE = 0o666 & ~mask
+    return _FILE_MODE
 
 
 def _read_json(path: Path) -> dict:
@@ -217,6 +281,11 @@ class Run:
     @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def best_dir(self) -> Path:
+        """The best-validation weights so far, while the run trains (``trainer.select=best``)."""
+        return self.path / "best"
 
     # ---- reading
     @property
@@ -294,18 +363,40 @@ class Run:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         if status == "completed" and not self.summary_path.is_file():
             raise ValueError(f"cannot mark {self.path} completed: summary.json has not been written")
-        update: dict[str, Any] = {"status": status}
+        meta = _read_json(self.meta_path)
         if status in TERMINAL:
-            update["ended_at"] = now_iso()
+            meta["ended_at"] = now_iso()
         else:
-            # (Re)started, e.g. resumed: this process now owns the run (see is_stale).
-            update.update(ended_at=None, pid=os.getpid(), host=socket.gethostname())
-        update.update(fields)
-        return self.write_meta(**update)
+            # (Re)started, e.g. resumed: how the previous attempt ended goes to the history,
+            # so no stale error outlives a successful resume.
+            if meta.get("status") in TERMINAL:
+                past = {k: meta[k] for k in ("status", "ended_at", "error", "step") if meta.get(k) is not None}
+                meta["history"] = [*meta.get("history", []), past]
+            for stale in ("error", "step"):
+                meta.pop(stale, None)
+            meta.update(ended_at=None, pid=os.getpid(), host=socket.gethostname())
+        meta.update(status=status, **fields)
+        atomic_write_json(self.meta_path, meta)
+        self._meta = meta
+        return dict(meta)
+
+    # ---- ownership
+    def own(self) -> "Ownership":
+        """Become the one process that writes this run; RunBusy when a live process already does.
+
+        The lock is an ``flock`` on ``<run>/.owner``: the kernel drops it when the
+        owner dies, however it dies, so liveness needs no pid guessing. Hold the
+        returned object for as long as the run is written (``release()`` or ``with``).
+        """
+        return Ownership.acquire(self)
+
+    def owner(self) -> dict | None:
+        """Who writes this run now (``{"pid", "host", "since"}``), or None when nobody does."""
+        return Ownership.holder(self)
 
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl (and flush it)."""
-        line = json.dumps(record, default=_json_default)
+        line = to_json(record)
         with open(self.metrics_path, "a+b") as f:
             # A crash mid-line leaves no trailing newline; start a fresh line so the
             # damaged record stays the only one lost (e.g. when a run is resumed).
@@ -316,9 +407,91 @@ class Run:
             f.write(line.encode("utf-8") + b"\n")
             f.flush()
 
+    def metrics_size(self) -> int:
+        """Bytes of metrics.jsonl (a checkpoint records it, so resume can cut what came after)."""
+        try:
+            return self.metrics_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Drop the metric lines written after the file had ``size`` bytes (they are recomputed)."""
+        if self.metrics_size() > size:
+            with open(self.metrics_path, "r+b") as f:
+                f.truncate(size)
+
     def write_summary(self, summary: dict) -> None:
         """Write summary.json atomically."""
         atomic_write_json(self.summary_path, summary)
+
+
+class RunBusy(UserError):
+    """Another live process writes the run."""
+
+
+class Ownership:
+    """The exclusive right of this process to write one run folder (see ``Run.own``)."""
+
+    def __init__(self, run: Run, fd: int | None):
+        self.run, self._fd = run, fd
+
+    @classmethod
+    def acquire(cls, run: Run) -> Ownership:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: exclusive mkdir and pids only
+            return cls(run, None)
+        fd = os.open(run.path / OWNER_FILE, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusy(_busy_message(run, cls.holder(run) or {})) from None
+        info = to_json({"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        return cls(run, fd)
+
+    @staticmethod
+    def holder(run: Run) -> dict | None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover
+            return None
+        try:
+            fd = os.open(run.path / OWNER_FILE, os.O_RDONLY)
+        except OSError:
+            return None  # never owned (or an older run): nobody writes it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except ValueError:
+                info = {}
+            return info if isinstance(info, dict) else {}
+        finally:
+            os.close(fd)  # also drops the shared lock taken when nobody held it
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> Ownership:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _busy_message(run: Run, info: dict) -> str:
+    who = f"process {info['pid']}" if info.get("pid") else "another process"
+    where = f" on {info['host']}" if info.get("host") and info.get("host") != socket.gethostname() else ""
+    since = f" since {info['since']}" if info.get("since") else ""
+    stop = f" (kill {info['pid']})" if info.get("pid") and not where else ""
+    return f"run '{run.path}' is being written by {who}{where}{since}: wait for it to end, or stop it first{stop}"
 
 
 # --------------------------------------------------------------------------- the store
@@ -401,6 +574,17 @@ def allocate(root: str | Path, name: str) -> Run:
             continue
         return Run(path)
     raise RuntimeError(f"could not allocate a version under {parent}")
+
+
+def discard(run: Run) -> None:
+    """Remove a run folder that never started (e.g. the disk filled while it was being set up)."""
+    import shutil
+
+    shutil.rmtree(run.path, ignore_errors=True)
+    try:
+        run.path.parent.rmdir()  # the name's folder too, when this was its only version
+    except OSError:
+        pass
 
 
 def open_run(path: str | Path) -> Run:
@@ -514,10 +698,12 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
 
 
 def is_stale(run: Run) -> bool:
-    """A run marked running whose process on this host is gone (killed without a trace)."""
+    """A run marked running that no live process writes any more (killed without a trace)."""
     meta = run.meta
     if meta.get("status") != "running":
         return False
+    if (run.path / OWNER_FILE).exists():
+        return run.owner() is None
     host = meta.get("host") or (meta.get("environment") or {}).get("hostname")
     if host != socket.gethostname():
         return False

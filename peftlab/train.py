@@ -2,39 +2,49 @@
 
 Per optimizer step: ``grad_accum`` micro-batches of task loss + method loss
 terms + weighted regularizers, backward, ``method.on_after_backward``, gradient
-clipping, ``method.on_before_optimizer_step``, AdamW step, LR schedule (linear
-warmup, then cosine, linear or constant), ``method.on_after_optimizer_step``.
-Validation every ``trainer.eval_every`` steps and at the end, test once at the
-end. Host synchronisation happens only at logging, evaluation and checkpoint
-intervals: losses and token counts accumulate on the device in between.
+clipping, ``method.on_before_optimizer_step``, the optimizer step, the LR
+schedule (linear warmup, then cosine, linear or constant),
+``method.on_after_optimizer_step``. Validation every ``trainer.eval_every``
+steps and at the end. Host synchronisation happens only at logging, evaluation
+and checkpoint intervals: losses and token counts accumulate on the device.
 
-Checkpoints (accelerate ``save_state`` + the loop's own state) are written every
-``trainer.checkpoint_every`` steps and when the run is interrupted, so
-``peftlab train resume=RUN`` continues exactly where it stopped: the batch
-order is a pure function of (seed, step) and the RNG state is restored.
+What a run reports is chosen on validation: with ``trainer.select=best`` (the
+default) the weights of the best validation pass are kept (``best/`` while
+training, ``adapter/`` at the end) and the test split is evaluated on them;
+``trainer.select=final`` keeps the last step. Test is measured, never used to
+choose. A non-finite loss fails the run (see :mod:`peftlab.nonfinite`).
+
+Signals become a request honoured between steps (see :mod:`peftlab.stopping`):
+the run is checkpointed at that boundary and ``peftlab train resume=RUN``
+continues it bit for bit, since the batch order is a pure function of (seed,
+step) and the checkpoint holds every state the loop changes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import shutil
-import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab import runs
-from peftlab.errors import UserError
+from peftlab import checkpoints, runs, stopping
+from peftlab.metrics import lower_is_better
+from peftlab.data.order import batch_order
+from peftlab.errors import RunInterrupted, UserError, storage_problem
 from peftlab.evaluate import evaluate, make_loader
-from peftlab.experiment import Experiment, build_experiment, count_parameters, save_adapter
+from peftlab.experiment import (Experiment, build_experiment, count_parameters, frozen_fingerprint, read_trained,
+                                save_adapter)
+from peftlab.nonfinite import Guard, NonFinite
+from peftlab.progress import Progress
 from peftlab.regularizers.base import RegularizerContext
 
-TRAINER_STATE = "trainer_state.json"
+#: Keys a resumed run may change: its length and how it treats non-finite steps.
+RESUMABLE_KEYS = ("trainer.max_steps", "trainer.nonfinite", "trainer.max_consecutive_skips")
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -54,120 +64,122 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None) -> list[list[int]]:
-    """The full batches of one epoch, a pure function of (seed, epoch).
-
-    With ``lengths``, examples are grouped by length to cut padding: shuffle,
-    sort within mega-batches of 50 batches, cut into batches, shuffle the batch
-    order (the grouping of Hugging Face's ``group_by_length``).
-    """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    size = min(batch_size, n)
-    if lengths is None:
-        return [perm[i : i + size] for i in range(0, n - size + 1, size)]
-    mega = size * 50
-    batches = []
-    for start in range(0, n, mega):
-        group = sorted(perm[start : start + mega], key=lambda j: -lengths[j])
-        batches += [group[i : i + size] for i in range(0, len(group) - size + 1, size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-
-
-def batch_order(n: int, batch_size: int, seed: int, start: int, stop: int,
-                lengths: list[int] | None = None) -> list[list[int]]:
-    """Index lists of micro-batches ``start..stop-1`` across epochs.
-
-    Depends only on its arguments, so a resumed run sees the batches it would have seen.
-    """
-    per_epoch = max(1, n // batch_size)
-    epochs: dict[int, list[list[int]]] = {}
-    order = []
-    for b in range(start, stop):
-        epoch, i = divmod(b, per_epoch)
-        if epoch not in epochs:
-            epochs[epoch] = epoch_batches(n, batch_size, seed, epoch, lengths)
-        order.append(epochs[epoch][i])
-    return order
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-class _Interrupted(Exception):
-    """SIGTERM turned into an exception, so the run is checkpointed and marked interrupted."""
+class IntervalLog:
+    """Training terms summed on the device between two metric lines (one host sync per line)."""
 
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise _Interrupted()
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.tokens = torch.zeros((), device=self.device, dtype=torch.long)
+        self.start = time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], tokens: torch.Tensor) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0) + v.float()
+        self.count += 1
+        self.tokens += tokens
+
+    def record(self, step: int, lr: float, world: int) -> tuple[dict, int]:
+        """The metric line of the interval and its token count; starts the next interval."""
+        tokens = int(self.tokens) * world
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        record = {"step": step, "split": "train", "lr": lr, "tokens_per_s": tokens / elapsed}
+        record.update({k: float(v) / max(self.count, 1) for k, v in self.sums.items()})
+        self.reset()
+        return record, tokens
+
+    def state(self) -> dict:
+        """The unfinished interval, so a resumed run writes the same metric lines."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count, "tokens": int(self.tokens)}
+
+    def load_state(self, state: dict) -> None:
+        self.sums = {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in state["sums"].items()}
+        self.count = int(state["count"])
+        self.tokens.fill_(int(state["tokens"]))
 
 
 class Trainer:
     """Runs one experiment into one run folder."""
 
-    def __init__(self, exp: Experiment, run: runs.Run, *, start_checkpoint: Path | None = None,
-                 show_progress: bool = True):
+    def __init__(self, exp: Experiment, run: runs.Run, *, checkpoint: checkpoints.Checkpoint | None = None,
+                 quiet: bool = False):
         from accelerate import Accelerator
 
         self.exp, self.run, self.cfg = exp, run, exp.cfg
         t = self.cfg.trainer
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision]
         self.accelerator = Accelerator(cpu=bool(t.cpu), mixed_precision=precision, gradient_accumulation_steps=int(t.grad_accum))
-        self.show_progress = show_progress and self.accelerator.is_main_process
-        model = exp.model
-        opt_cfg = self.cfg.optimizer
-        self.base_lr = float(opt_cfg.lr)
-        groups = exp.method.param_groups(model, self.base_lr, float(opt_cfg.get("weight_decay", 0.0)))
+        # Every setting the loop reads, read once here: no config lookups per step.
+        self.max_steps, self.accum = int(t.max_steps), int(t.grad_accum)
+        self.log_every, self.eval_every = int(t.log_every), int(t.eval_every)
+        self.checkpoint_every, self.keep = int(t.checkpoint_every), int(t.keep_checkpoints)
+        self.clip, self.metric, self.select = float(t.max_grad_norm), str(t.metric), str(t.select)
+        self.lower_better = lower_is_better(self.metric)
+        self.method, self.regularizers = exp.method, exp.regularizers
+        self.model, self.optimizer = self.accelerator.prepare(exp.model, self._optimizer())
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        warmup = int(round(float(t.warmup_ratio) * self.max_steps))
+        self.lr_factor = lr_lambda(str(t.schedule), warmup, self.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.lr_factor)
+        device = self.accelerator.device
+        self.guard = Guard(str(t.nonfinite), int(t.max_consecutive_skips), device)
+        self.log = IntervalLog(device)
+        self.step, self.best, self.train_time, self.tokens_seen = 0, None, 0.0, 0
+        self.last_checkpoint: checkpoints.Checkpoint | None = None
+        self.fingerprint: str | None = None  # of the frozen weights, computed at the first checkpoint
+        if checkpoint is not None:
+            self._resume_from(checkpoint)
+        self.progress = Progress(self.max_steps, self.step, self.metric,
+                                 quiet=quiet or not self.accelerator.is_main_process)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
         from peftlab.config import locate, params_of
 
-        opt_kwargs = {k: v for k, v in params_of(opt_cfg).items() if k not in ("lr", "weight_decay")}
-        if "betas" in opt_kwargs:
-            opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
-        optimizer = locate(opt_cfg._target_)(groups, lr=self.base_lr, **opt_kwargs)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        warmup = int(round(float(t.warmup_ratio) * int(t.max_steps)))
-        self.lr_factor = lr_lambda(str(t.schedule), warmup, int(t.max_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.lr_factor)
-        self.step = 0
-        self.best: dict[str, Any] | None = None
-        self.train_time = 0.0
-        self.tokens_seen = 0
-        if start_checkpoint is not None:
-            self._load_checkpoint(start_checkpoint)
+        opt_cfg = self.cfg.optimizer
+        self.base_lr = float(opt_cfg.lr)
+        groups = self.method.param_groups(self.exp.model, self.base_lr, float(opt_cfg.get("weight_decay", 0.0)))
+        kwargs = {k: v for k, v in params_of(opt_cfg).items() if k not in ("lr", "weight_decay")}
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return locate(opt_cfg._target_)(groups, lr=self.base_lr, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self) -> None:
-        t = self.cfg.trainer
-        folder = self.run.checkpoints_dir / f"step_{self.step:07d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.accelerator.save_state(str(tmp))
-        state = {"step": self.step, "best": self.best, "train_time_s": self.train_time, "tokens_seen": self.tokens_seen}
-        (tmp / TRAINER_STATE).write_text(json.dumps(state))
-        method_state = self.exp.method.state_dict()
-        if method_state:
-            from safetensors.torch import save_file
+    def _loop_state(self) -> dict:
+        return {"best": self.best, "train_time_s": self.train_time, "tokens_seen": self.tokens_seen,
+                "metrics_bytes": self.run.metrics_size(), "interval": self.log.state(), **self.guard.state()}
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in method_state.items()}, str(tmp / "method_state.safetensors"))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        kept = sorted(p for p in self.run.checkpoints_dir.glob("step_*") if not p.name.endswith(".tmp"))
-        for old in kept[: -int(t.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def checkpoint(self, state: dict | None = None) -> checkpoints.Checkpoint | None:
+        """Checkpoint the current step (once per step; never a step with a non-finite loss)."""
+        if self.step == 0:
+            return None
+        if self.last_checkpoint is not None and self.last_checkpoint.step == self.step:
+            return self.last_checkpoint
+        self.guard.check(self.max_steps)
+        if self.fingerprint is None:
+            self.fingerprint = frozen_fingerprint(self.exp.model)
+        self.last_checkpoint = checkpoints.save(self.run.checkpoints_dir, self.step, self.exp, self.optimizer,
+                                                state or self._loop_state(), self.fingerprint)
+        checkpoints.prune(self.run.checkpoints_dir, self.keep)
+        return self.last_checkpoint
 
-    def _load_checkpoint(self, folder: Path) -> None:
-        self.accelerator.load_state(str(folder))
-        state = json.loads((folder / TRAINER_STATE).read_text())
+    def _resume_from(self, checkpoint: checkpoints.Checkpoint) -> None:
+        state = checkpoints.load(checkpoint, self.exp, self.optimizer)
         self.step, self.best = int(state["step"]), state["best"]
         self.train_time, self.tokens_seen = float(state["train_time_s"]), int(state["tokens_seen"])
-        method_file = folder / "method_state.safetensors"
-        if method_file.is_file():
-            from safetensors.torch import load_file
-
-            self.exp.method.load_state_dict(load_file(str(method_file)))
+        self.guard.load_state(state)
+        self.log.load_state(state["interval"])
+        self.run.truncate_metrics(int(state["metrics_bytes"]))
+        self.last_checkpoint = checkpoint
         # The schedule is a pure function of the step: set it rather than store it.
         self.scheduler.last_epoch = self.step
         for group, base in zip(self.optimizer.optimizer.param_groups, self.scheduler.base_lrs):
@@ -175,109 +187,141 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> dict[str, float]:
-        t = self.cfg.trainer
-        loader = self.accelerator.prepare(make_loader(self.exp.splits[split], self.exp.tokenizer, int(t.eval_batch_size)))
-        return evaluate(self.model, loader, len(self.exp.labels), self.accelerator.device)
+        loader = self.accelerator.prepare(
+            make_loader(self.exp.splits[split], self.exp.tokenizer, int(self.cfg.trainer.eval_batch_size)))
+        metrics = evaluate(self.model, loader, len(self.exp.labels), self.accelerator.device)
+        Guard.check_metrics(metrics, split, self.step)
+        return metrics
 
-    def _log_eval(self, split: str, metrics: dict[str, float]) -> None:
-        self.run.append_metrics({"step": self.step, "split": split, **metrics})
-        key = str(self.cfg.trainer.metric)
-        if split == "validation" and key in metrics:
-            lower_better = "loss" in key
-            better = self.best is None or (metrics[key] < self.best[key] if lower_better else metrics[key] > self.best[key])
-            if better:
-                self.best = {"step": self.step, **metrics}
+    def _improves(self, metrics: dict) -> bool:
+        value = metrics.get(self.metric)
+        if value is None:
+            return False
+        if self.best is None:
+            return True
+        return value < self.best[self.metric] if self.lower_better else value > self.best[self.metric]
+
+    def validate(self) -> dict[str, float]:
+        """One validation pass: logged, tracked as best, its weights kept when best is selected."""
+        self.guard.check(self.max_steps)
+        metrics = self._evaluate("validation")
+        self.run.append_metrics({"step": self.step, "split": "validation", **metrics})
+        if self._improves(metrics):
+            self.best = {"step": self.step, **metrics}
+            if self.select == "best":
+                save_adapter(self.exp, self.run.best_dir)
+        self.progress.evaluated(self.step, self.best)
+        return metrics
 
     # ------------------------------------------------------------------ training
-    def fit(self) -> dict[str, Any]:
-        t = self.cfg.trainer
-        max_steps, accum = int(t.max_steps), int(t.grad_accum)
+    def _batches(self) -> Iterator[dict]:
+        split = self.exp.splits["train"]
         world = self.accelerator.num_processes
-        train_split = self.exp.splits["train"]
-        lengths = [len(ids) for ids in train_split["input_ids"]] if t.group_by_length else None
-        order = batch_order(len(train_split), int(t.batch_size), int(self.cfg.seed),
-                            self.step * accum * world, max_steps * accum * world, lengths)
-        loader = self.accelerator.prepare(make_loader(self.exp.splits["train"], self.exp.tokenizer, int(t.batch_size), order))
-        batches = iter(loader)
-        method, model, device = self.exp.method, self.model, self.accelerator.device
-        log_sums: dict[str, torch.Tensor] = {}
-        log_tokens = torch.zeros((), device=device, dtype=torch.long)
-        log_count, log_start = 0, time.perf_counter()
-        progress = _progress(self.show_progress, max_steps, self.step)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        model.train()
-        try:
-            with progress:
-                while self.step < max_steps:
-                    step_start = time.perf_counter()
-                    for _ in range(accum):
-                        batch = next(batches)
-                        with self.accelerator.accumulate(model):
-                            out = model(**batch)
-                            terms = {"loss/task": out.loss.detach()}
-                            loss = out.loss
-                            for name, value in method.loss_terms(model).items():
-                                loss = loss + value
-                                terms[f"reg/{name}"] = value.detach()
-                            if self.exp.regularizers:
-                                ctx = RegularizerContext(model, method, batch, out)
-                                for reg in self.exp.regularizers:
-                                    value = reg.term(ctx)
-                                    loss = loss + reg.weight * value
-                                    terms[f"reg/{reg.name}"] = value.detach()
-                            terms["loss"] = loss.detach()
-                            self.accelerator.backward(loss)
-                            if self.accelerator.sync_gradients:
-                                method.on_after_backward(model, self.step)
-                                if float(t.max_grad_norm) > 0:
-                                    terms["grad_norm"] = self.accelerator.clip_grad_norm_(
-                                        [p for p in model.parameters() if p.requires_grad], float(t.max_grad_norm)
-                                    ).detach()
-                                for name, value in method.on_before_optimizer_step(model, self.step, self.base_lr).items():
-                                    terms[f"reg/{name}"] = value.detach()
-                                self.optimizer.step()
-                                self.scheduler.step()
-                                method.on_after_optimizer_step(model, self.step, max_steps)
-                                self.optimizer.zero_grad(set_to_none=True)
-                        for k, v in terms.items():
-                            log_sums[k] = log_sums.get(k, 0) + v.float() / accum
-                        log_tokens += batch["attention_mask"].sum()
-                    self.step += 1
-                    log_count += 1
-                    self.train_time += time.perf_counter() - step_start
-                    if self.step % int(t.log_every) == 0 or self.step == max_steps:
-                        tokens = int(log_tokens) * world  # the one host sync per logging interval
-                        elapsed = max(time.perf_counter() - log_start, 1e-9)
-                        record = {"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0],
-                                  "tokens_per_s": tokens / elapsed}
-                        record.update({k: float(v) / log_count for k, v in log_sums.items()})
-                        self.run.append_metrics(record)
-                        self.tokens_seen += tokens
-                        progress.show(self.step, record, self.best, str(t.metric))
-                        log_sums, log_count, log_start = {}, 0, time.perf_counter()
-                        log_tokens.zero_()
-                    else:
-                        progress.show(self.step)
-                    if int(t.eval_every) and self.step % int(t.eval_every) == 0 and self.step != max_steps:
-                        self._log_eval("validation", self._evaluate("validation"))
-                        progress.show(self.step, None, self.best, str(t.metric))
-                    if int(t.checkpoint_every) and self.step % int(t.checkpoint_every) == 0:
-                        self._save_checkpoint()
-        except (KeyboardInterrupt, _Interrupted):
-            if self.step > 0:
-                self._save_checkpoint()
-            raise KeyboardInterrupt from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        final = self._evaluate("validation")
-        self._log_eval("validation", final)
-        test = self._evaluate("test")
-        self.run.append_metrics({"step": self.step, "split": "test", **test})
+        lengths = [len(ids) for ids in split["input_ids"]] if self.cfg.trainer.group_by_length else None
+        per_step = self.accum * world
+        order = batch_order(len(split), int(self.cfg.trainer.batch_size), int(self.cfg.seed),
+                            self.step * per_step, self.max_steps * per_step, lengths)
+        return iter(self.accelerator.prepare(make_loader(split, self.exp.tokenizer, int(self.cfg.trainer.batch_size), order)))
+
+    def fit(self) -> bool:
+        """Train up to ``max_steps``; False when a stop was requested first (at a step boundary)."""
+        batches = self._batches()
+        self.model.train()
+        while self.step < self.max_steps:
+            if stopping.requested():
+                return False
+            terms = self._train_step(batches)
+            self.step += 1
+            self._after_step(terms)
+        return True
+
+    def _train_step(self, batches: Iterator[dict]) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        terms: dict[str, torch.Tensor] = {}
+        tokens = torch.zeros((), dtype=torch.long, device=self.accelerator.device)
+        for _ in range(self.accum):
+            batch = next(batches)
+            with self.accelerator.accumulate(self.model):
+                for k, v in self._forward_backward(batch).items():
+                    terms[k] = terms.get(k, 0) + v / self.accum
+            tokens += batch["attention_mask"].sum()
+        self._update(terms)
+        self.log.add(terms, tokens)
+        self.train_time += time.perf_counter() - start
+        return terms
+
+    def _forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
+        out = self.model(**batch)
+        loss = out.loss
+        terms = {"loss/task": out.loss.detach()}
+        for name, value in self.method.loss_terms(self.model).items():
+            loss = loss + value
+            terms[f"reg/{name}"] = value.detach()
+        if self.regularizers:
+            ctx = RegularizerContext(self.model, self.method, batch, out)
+            for reg in self.regularizers:
+                value = reg.term(ctx)
+                loss = loss + reg.weight * value
+                terms[f"reg/{reg.name}"] = value.detach()
+        terms["loss"] = loss.detach()
+        self.accelerator.backward(loss)
+        return terms
+
+    def _update(self, terms: dict[str, torch.Tensor]) -> None:
+        """The optimizer step after the last micro-batch (or its skip, under trainer.nonfinite=skip)."""
+        model, method, step = self.model, self.method, self.step
+        method.on_after_backward(model, step)
+        grad_norm = None
+        if self.clip > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.clip).detach()
+            terms["grad_norm"] = grad_norm
+        self.guard.observe(step + 1, terms["loss"])
+        if not self.guard.skip_update(step + 1, terms["loss"], grad_norm):
+            for name, value in method.on_before_optimizer_step(model, step, self.base_lr).items():
+                terms[f"reg/{name}"] = value.detach()
+            self.optimizer.step()
+            method.on_after_optimizer_step(model, step, self.max_steps)
+        self.scheduler.step()  # the schedule follows the step count, skipped steps included
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _after_step(self, terms: dict[str, torch.Tensor]) -> None:
+        step = self.step
+        if step % self.log_every == 0 or step == self.max_steps:
+            record, tokens = self.log.record(step, self.scheduler.get_last_lr()[0], self.accelerator.num_processes)
+            self.tokens_seen += tokens
+            self.run.append_metrics(record)
+            self.guard.check(self.max_steps)
+            self.progress.logged(step, record)
+        else:
+            self.progress.step(step)
+        if self.eval_every and step % self.eval_every == 0 and step != self.max_steps:
+            self.validate()
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            self.checkpoint()
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> dict[str, Any] | None:
+        """Final validation, selection of the checkpoint, test. None when a stop came first."""
+        at_end = self._loop_state()  # what a checkpoint of the finished loop holds
+        final_validation = self.validate()
+        if stopping.requested():
+            self.checkpoint(at_end)
+            return None
+        final_test = self._evaluate("test")
+        if stopping.requested():
+            self.checkpoint(at_end)
+            return None
+        selected_step, test, note = self._select(final_test)
+        self.run.append_metrics({"step": selected_step, "split": "test", **test})
         trainable, total = count_parameters(self.exp.model)
-        return {
+        summary = {
+            "metric": self.metric,
+            "selection": self.select if note is None else "final",
+            "selected_step": selected_step,
             "test": test,
-            "final_validation": final,
+            "final_test": final_test,
             "best_validation": self.best,
+            "final_validation": final_validation,
             "steps": self.step,
             "trainable_params": trainable,
             "total_params": total,
@@ -285,108 +329,186 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9),
             "peak_memory_mb": _peak_memory_mb(self.accelerator.device),
             "device": str(self.accelerator.device),
-            "metric": str(t.metric),
         }
+        if self.guard.skipped:
+            summary["skipped_steps"] = self.guard.skipped
+        if note:
+            summary["selection_note"] = note
+        return summary
+
+    def _select(self, final_test: dict) -> tuple[int, dict, str | None]:
+        """(selected step, its test metrics, why the final step was kept against the config or None)."""
+        if self.select != "best" or self.best is None or self.best["step"] == self.step:
+            return self.step, final_test, None
+        if not (self.run.best_dir / "adapter.safetensors").is_file():
+            return self.step, final_test, f"the best-validation weights (step {self.best['step']}) were not found"
+        read_trained(self.exp, self.run.best_dir, f"best-validation weights {self.run.best_dir}")
+        return int(self.best["step"]), self._evaluate("test"), None
 
 
-class _progress:
-    """A rich progress bar showing loss, the key metric and tokens/s (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[info]}"))
-            self.task = self.bar.add_task("train", total=total, completed=done, info="")
-            self.info = ""
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-    def show(self, step: int, record: dict | None = None, best: dict | None = None, metric: str = "") -> None:
-        if not self.enabled:
-            return
-        if record is not None:
-            self.info = f"loss {record.get('loss', float('nan')):.4f}  {record['tokens_per_s']:.0f} tok/s"
-        if best is not None and metric in best:
-            self.info = self.info.split("  best")[0] + f"  best val {metric} {best[metric]:.4f}"
-        self.bar.update(self.task, completed=step, info=self.info)
-
-
-def latest_checkpoint(run: runs.Run) -> Path | None:
-    found = sorted(p for p in run.checkpoints_dir.glob("step_*") if not p.name.endswith(".tmp"))
-    return found[-1] if found else None
+# ====================================================================== the run's life
 
 
 def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: dict[str, str],
           show_progress: bool = True, on_run: Callable[[runs.Run], None] | None = None) -> runs.Run:
-    """Train one run (or resume one) and return its run folder; the status says how it ended.
+    """Train one run (or resume one) and return its completed run folder.
 
-    ``on_run`` is called with the run folder as soon as it exists (a sweep records it there).
+    Raises ``RunInterrupted`` (a KeyboardInterrupt) when a signal stopped it, and
+    ``UserError`` when it failed for a reason the user can act on; either way the
+    run folder says how it ended. ``on_run`` is called with the run folder as soon
+    as it exists (a sweep records it there).
     """
     import warnings
 
     warnings.filterwarnings("ignore")
-    start_checkpoint = None
-    if cfg.get("resume"):
-        run = runs.resolve(str(cfg.resume), runs.runs_root(cfg.runs_dir))
+    with stopping.deferred_signals():
+        owner: runs.Ownership | None = None
+        try:
+            run, owner, cfg, checkpoint = _reopen(cfg, overrides) if cfg.get("resume") else (None, None, cfg, None)
+            exp = _build(cfg)
+            if stopping.requested():
+                raise KeyboardInterrupt()
+            if run is None:
+                run, owner = _create(cfg, overrides, argv, choices)
+            else:
+                run.set_status("running", resumed_from=checkpoint.name)
+                run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
+            if on_run is not None:
+                on_run(run)
+            _run_training(exp, run, checkpoint, quiet=not show_progress)
+            return run
+        except OSError as exc:  # before the run existed, e.g. runs_dir on a read-only disk
+            message = storage_problem(exc)
+            if message is None:
+                raise
+            raise UserError(message) from None
+        finally:
+            if owner is not None:
+                owner.release()
+
+
+def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Ownership, DictConfig, checkpoints.Checkpoint]:
+    """The run to resume, owned by this process, its stored config and the checkpoint to start from."""
+    from peftlab.config import validate
+
+    run = runs.resolve(str(cfg.resume), runs.runs_root(cfg.runs_dir))
+    owner = run.own()
+    try:
         if run.status == "completed":
             raise UserError(f"run '{run.path}' is already completed: start a new run instead of resume=")
-        start_checkpoint = latest_checkpoint(run)
-        if start_checkpoint is None:
-            raise UserError(f"run '{run.path}' has no checkpoint to resume from: start it again")
-        stored = OmegaConf.load(run.path / "config.yaml")
-        # Only the training length may change on resume; everything else is the stored run.
-        stored.trainer.max_steps = int(cfg.trainer.max_steps) if _overrides_key(overrides, "trainer.max_steps") else stored.trainer.max_steps
-        cfg = stored
+        checkpoint = checkpoints.newest_sound(run.checkpoints_dir, warn=_warn)
+        if checkpoint is None:
+            raise UserError(f"run '{run.path}' has no usable checkpoint to resume from: start it again")
+        try:
+            stored = OmegaConf.load(run.config_path)
+        except Exception as exc:  # noqa: BLE001 - any damage to the file
+            raise UserError(f"cannot read {run.config_path} ({type(exc).__name__}): the run cannot be resumed") from None
+        for key in RESUMABLE_KEYS:
+            if _overrides_key(overrides, key):
+                OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
+        validate(stored)
+        return run, owner, stored, checkpoint
+    except BaseException:
+        owner.release()
+        raise
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _build(cfg: DictConfig) -> Experiment:
+    """Seeded build of data, model and method; every user mistake there surfaces before a folder exists."""
     if cfg.trainer.precision == "fp16" and (cfg.trainer.cpu or not torch.cuda.is_available()):
         raise UserError("trainer.precision=fp16 needs a GPU: use trainer.precision=bf16 or fp32 on the CPU")
     torch.manual_seed(int(cfg.seed))
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    exp = build_experiment(cfg)  # every user mistake in data/model/method surfaces here, before a folder exists
-    if start_checkpoint is None:
-        root = runs.runs_root(cfg.runs_dir)
-        name = str(cfg.name) if cfg.get("name") else default_name(choices)
-        run = runs.allocate(root, name)
+    return build_experiment(cfg)
+
+
+def _create(cfg: DictConfig, overrides: list[str], argv: list[str], choices: dict[str, str]) -> tuple[runs.Run, runs.Ownership]:
+    """A new run folder, owned by this process; nothing is left behind if setting it up fails."""
+    name = str(cfg.name) if cfg.get("name") else default_name(choices)
+    run = runs.allocate(runs.runs_root(cfg.runs_dir), name)
+    owner = None
+    try:
+        owner = run.own()
         run.write_config(OmegaConf.to_yaml(cfg, resolve=True), overrides)
         run.write_meta(**runs.new_meta(argv, int(cfg.seed)), choices=choices)
-    else:
-        run.set_status("running", resumed_from=start_checkpoint.name)
-        run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
-        _truncate_metrics(run, int(start_checkpoint.name.split("_")[1]))
-    if on_run is not None:
-        on_run(run)
-    try:
-        trainer = Trainer(exp, run, start_checkpoint=start_checkpoint, show_progress=show_progress)
-        run.write_meta(device=str(trainer.accelerator.device))
-        summary = trainer.fit()
-        save_adapter(exp, run.adapter_dir)
-        if cfg.get("analysis"):
-            from peftlab.analysis.run import analyze_experiment
-
-            run_analysis = analyze_experiment(exp)
-            runs.atomic_write_json(run.path / "analysis.json", run_analysis)
-        run.write_summary(summary)
-        run.set_status("completed")
-    except KeyboardInterrupt:
-        run.set_status("interrupted")
+    except BaseException:
+        if owner is not None:
+            owner.release()
+        runs.discard(run)
         raise
+    return run, owner
+
+
+def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkpoint | None, *, quiet: bool) -> None:
+    """Train, then write the result; every way out leaves the run's status saying how it ended."""
+    trainer = None
+    try:
+        trainer = Trainer(exp, run, checkpoint=checkpoint, quiet=quiet)
+        run.write_meta(device=str(trainer.accelerator.device))
+        with trainer.progress:
+            summary = trainer.finish() if trainer.fit() else None
+        if summary is None:
+            raise _interrupted(run, trainer, trainer.checkpoint())
+        _complete(exp, run, summary)
+    except RunInterrupted as exc:
+        _mark(run, "interrupted", step=exc.step, error=None)
+        raise
+    except KeyboardInterrupt:  # a second signal: stop now, from the last checkpoint on disk
+        last = checkpoints.listed(run.checkpoints_dir)
+        exc = _interrupted(run, trainer, last[-1] if last else None)
+        _mark(run, "interrupted", step=exc.step)
+        raise exc from None
+    except NonFinite as exc:
+        _mark(run, "failed", error=str(exc))
+        raise UserError(f"run {run.path} failed: {exc}") from None
     except UserError as exc:
-        run.set_status("failed", error=str(exc))
+        _mark(run, "failed", error=str(exc))
+        raise
+    except OSError as exc:
+        message = storage_problem(exc)
+        _mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
+        if message:
+            raise UserError(message) from None
         raise
     except BaseException as exc:
-        run.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        message = storage_problem(exc)
+        _mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
+        if message:
+            raise UserError(message) from None
         raise
-    return run
+
+
+def _interrupted(run: runs.Run, trainer: Trainer | None, checkpoint: checkpoints.Checkpoint | None) -> RunInterrupted:
+    total = trainer.max_steps if trainer else 0
+    step = checkpoint.step if checkpoint else 0
+    return RunInterrupted(str(run.path), step, total, stopping.reason() or "SIGINT",
+                          str(checkpoint.path) if checkpoint else None, stopping.exit_code())
+
+
+def _mark(run: runs.Run, status: str, **fields: Any) -> None:
+    """Record how the run ended; best effort, since the disk may be what failed."""
+    try:
+        run.set_status(status, **{k: v for k, v in fields.items() if v is not None})
+    except OSError:
+        pass
+
+
+def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
+    save_adapter(exp, run.adapter_dir)
+    shutil.rmtree(run.best_dir, ignore_errors=True)  # the selected weights are adapter/ now
+    if exp.cfg.get("analysis"):
+        from peftlab.analysis.run import analyze_experiment
+
+        runs.atomic_write_json(run.path / "analysis.json", analyze_experiment(exp))
+    run.write_summary(summary)
+    run.set_status("completed")
 
 
 def default_name(choices: dict[str, str]) -> str:
@@ -395,9 +517,3 @@ def default_name(choices: dict[str, str]) -> str:
 
 def _overrides_key(overrides: list[str], key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
-
-
-def _truncate_metrics(run: runs.Run, step: int) -> None:
-    """Drop metric lines written after the checkpoint; they are recomputed on resume."""
-    kept = [r for r in run.metrics() if int(r.get("step", 0)) <= step and r.get("split") != "test"]
-    runs.atomic_write_text(run.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))

@@ -16,8 +16,9 @@ def _hermetic_cache(tmp_path_factory):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def runs_dir(tmp_path, monkeypatch):
+    """Every test's runs go to its own folder: never the user's PEFTLAB_RUNS_DIR or ./runs."""
     folder = tmp_path / "runs"
     monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(folder))
     return folder

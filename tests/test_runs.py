@@ -276,3 +276,55 @@ def test_environment_lists_versions_without_importing_them():
         "assert 'torch' in env['packages']\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_has_one_owner_at_a_time_and_the_kernel_frees_it_when_the_owner_dies(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = runs.allocate(tmp_path, "owned")
+    run.write_meta(status="running")
+    assert run.owner() is None
+    with run.own():
+        info = run.owner()
+        assert info["pid"] == os.getpid()
+        with pytest.raises(runs.RunBusy, match=f"being written by process {os.getpid()}"):
+            run.own()
+        assert not runs.is_stale(run)
+    assert run.owner() is None and runs.is_stale(run)
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from peftlab import runs; o = runs.Run(sys.argv[1]).own(); print('owned', flush=True); "
+        "time.sleep(60)"), str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "owned"
+        assert run.owner()["pid"] == child.pid
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while run.owner() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.owner() is None and runs.is_stale(run)
+        run.own().release()
+    finally:
+        child.kill()
+
+
+def test_json_files_are_strict_and_non_finite_numbers_become_null(tmp_path):
+    run = runs.allocate(tmp_path, "nan")
+    run.write_meta(status="running", value=float("nan"), nested={"x": [float("inf"), 1.5]})
+    run.append_metrics({"step": 1, "loss": float("-inf")})
+    for text in (run.meta_path.read_text(), run.metrics_path.read_text()):
+        assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(run.meta_path.read_text())["nested"] == {"x": [None, 1.5]}
+    assert json.loads(run.metrics_path.read_text().strip())["loss"] is None
+
+
+def test_resume_moves_the_previous_ending_into_the_history(tmp_path):
+    run = runs.allocate(tmp_path, "again")
+    run.write_meta(status="running")
+    run.set_status("failed", error="boom")
+    run.set_status("running")
+    meta = run.meta
+    assert "error" not in meta and meta["history"][0]["status"] == "failed" and meta["history"][0]["error"] == "boom"

@@ -27,13 +27,27 @@ _register_commands()
 
 
 def main() -> None:
-    """Console-script entry: user mistakes become one line on stderr and exit code 2."""
+    """Console-script entry: user mistakes and storage failures become one line and exit code 2.
+
+    SIGTERM interrupts any command like Ctrl-C, so what it was writing is cleaned
+    up (``train`` defers both signals to its next step boundary instead).
+    """
+    from peftlab.errors import storage_problem
+    from peftlab.stopping import sigterm_raises
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
-        app()
+        with sigterm_raises():
+            app()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        message = storage_problem(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

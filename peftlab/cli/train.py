@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import console
+from peftlab.cli.common import console, err_console
 
 
 @app.command("train", context_settings={"allow_extra_args": False})
@@ -29,10 +29,37 @@ def train_command(
     if dry_run:
         _dry_run(cfg)
         return
+    from peftlab.errors import RunInterrupted
     from peftlab.train import train
 
-    run = train(cfg, overrides=overrides, argv=sys.argv, choices=chosen, show_progress=not quiet)
+    try:
+        run = train(cfg, overrides=overrides, argv=sys.argv, choices=chosen, show_progress=not quiet)
+    except RunInterrupted as stop:
+        _print_interrupted(stop)
+        raise typer.Exit(stop.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted before training started: nothing was written", highlight=False)
+        raise typer.Exit(130) from None
     _print_result(run)
+
+
+def _print_interrupted(stop) -> None:
+    """Where the run stopped and the exact command that continues it."""
+    import shlex
+    from pathlib import Path
+
+    path = Path(stop.run_path)
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    if stop.checkpoint is None:
+        err_console.print(f"interrupted ({stop.reason}) before the first checkpoint: {shown} cannot be resumed; "
+                          f"start it again", highlight=False, soft_wrap=True)
+        return
+    err_console.print(f"interrupted ({stop.reason}) at step {stop.step} of {stop.total}; checkpoint saved in "
+                      f"{stop.checkpoint}", highlight=False, soft_wrap=True)
+    err_console.print(f"resume with: peftlab train {shlex.quote('resume=' + shown)}", highlight=False, soft_wrap=True)
 
 
 def _dry_run(cfg) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import datasets
 
+from peftlab.data.loading import require_column
+
 LABEL_NAMES: tuple[str, ...] = ("text", "math", "files", "net", "data", "concurrency", "time")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DATA_FILE = Path(__file__).parent / "stdlib_docs.jsonl"
@@ -42,6 +44,9 @@ def load_stdlib_docs(
     """
     del seed  # fixed splits: the same examples for every seed, on purpose
     records = [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines() if line]
+    columns = [c for c in records[0] if c != "split"]
+    require_column("text_field", text_field, columns, "the built-in dataset")
+    require_column("label_field", label_field, columns, "the built-in dataset")
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(LABEL_NAMES))}
     )

@@ -1,0 +1,325 @@
+"""Training under faults: non-finite losses, selection on validation, damaged checkpoints,
+runs owned by another process, a full or read-only disk, stops after the loop, output to a pipe."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from peftlab import checkpoints, runs, stopping
+from peftlab.config import choices, compose, search_path
+from peftlab.errors import RunInterrupted, UserError
+from peftlab.train import Trainer, train
+from tests.conftest import peftlab
+
+TINY = ["model=tiny", "trainer.batch_size=16", "trainer.log_every=2", "method.dropout=0.1"]
+
+
+def run_in_process(runs_dir: Path, *overrides: str) -> runs.Run:
+    overrides = [*TINY, *overrides]
+    cfg = compose([*overrides, f"runs_dir={runs_dir}"])
+    return train(cfg, overrides=overrides, argv=["peftlab", "train", *overrides],
+                 choices=choices(overrides, search_path([])), show_progress=False)
+
+
+def strict_json(text: str):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def every_json_is_strict(folder: Path) -> None:
+    for path in folder.rglob("*.json"):
+        strict_json(path.read_text())
+    for path in folder.rglob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            strict_json(line)
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter.safetensors"))
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ non-finite numbers
+
+
+def test_a_nan_loss_fails_the_run_and_every_checkpoint_stays_finite_and_resumable(runs_dir):
+    result = peftlab("train", "model=tiny", "optimizer.lr=1e8", "trainer.max_steps=20", "trainer.log_every=1",
+                     "trainer.checkpoint_every=1", "trainer.keep_checkpoints=50", "name=nan")
+    err = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(err) == 1 and "Traceback" not in result.stderr
+    assert err[0].startswith("error:") and "non-finite" in err[0] and "optimizer.lr" in err[0]
+    run = runs.resolve("nan", runs_dir)
+    assert run.status == "failed" and "non-finite" in run.meta["error"]
+    assert not run.summary_path.exists() and not run.adapter_dir.exists()
+    every_json_is_strict(run.path)
+    kept = checkpoints.listed(run.checkpoints_dir)
+    bad_step = int(err[0].split(" at step ")[1].split()[0])
+    assert [c.step for c in kept] == list(range(1, bad_step))  # every step before the bad one, none after
+    for c in kept:
+        assert all(torch.isfinite(t).all() for t in adapter_tensors(c.path).values())
+    again = peftlab("train", "resume=nan", "trainer.nonfinite=skip")
+    assert "no usable checkpoint" not in again.stderr and "Traceback" not in again.stderr
+    assert runs.resolve("nan", runs_dir).meta["resumed_from"] == checkpoints.folder_name(bad_step - 1)
+
+
+def test_skip_policy_drops_exactly_the_updates_of_bad_steps(runs_dir, monkeypatch):
+    from peftlab.methods.base import Method
+
+    calls = {"n": 0}
+
+    def poisoned(self, model):
+        calls["n"] += 1
+        return {"probe": torch.tensor(float("nan"))} if calls["n"] in (4, 7) else {}
+
+    monkeypatch.setattr(Method, "loss_terms", poisoned)
+    run = run_in_process(runs_dir, "trainer.max_steps=9", "trainer.nonfinite=skip", "trainer.checkpoint_every=1",
+                         "trainer.keep_checkpoints=20", "trainer.eval_every=0")
+    assert run.status == "completed" and run.summary["skipped_steps"] == 2
+    every_json_is_strict(run.path)
+    ckpt = {c.step: c.path for c in checkpoints.listed(run.checkpoints_dir)}
+    for skipped in (4, 7):
+        # the parameters and the optimizer's moments after a skipped step are those before it
+        assert same_tensors(adapter_tensors(ckpt[skipped - 1]), adapter_tensors(ckpt[skipped]))
+        before = torch.load(ckpt[skipped - 1] / "optimizer.pt", weights_only=False)["state"]
+        after = torch.load(ckpt[skipped] / "optimizer.pt", weights_only=False)["state"]
+        assert all(before[i]["exp_avg"].equal(after[i]["exp_avg"]) for i in before)
+    assert not same_tensors(adapter_tensors(ckpt[5]), adapter_tensors(ckpt[4]))
+
+
+# ------------------------------------------------------------------ selection on validation
+
+
+@pytest.fixture
+def scripted_validation(monkeypatch):
+    """Validation accuracy follows a script (test stays real), so best != final is certain."""
+    script = [0.5, 0.9, 0.6]
+    real = Trainer._evaluate
+
+    def evaluate(self, split):
+        metrics = real(self, split)
+        if split == "validation":
+            metrics["accuracy"] = script[min(len(script) - 1, self.step // 4 - 1)]
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_evaluate", evaluate)
+
+
+SELECT = ["trainer.max_steps=12", "trainer.eval_every=4", "trainer.checkpoint_every=4", "trainer.keep_checkpoints=5"]
+
+
+def test_select_best_keeps_and_tests_the_weights_of_the_best_validation_pass(runs_dir, scripted_validation):
+    run = run_in_process(runs_dir, *SELECT)
+    s = run.summary
+    assert s["selection"] == "best" and s["selected_step"] == 8 and s["best_validation"]["step"] == 8
+    at_8 = run.checkpoints_dir / checkpoints.folder_name(8)
+    assert same_tensors(adapter_tensors(run.adapter_dir), adapter_tensors(at_8))
+    tests = [r for r in run.metrics() if r["split"] == "test"]
+    assert len(tests) == 1 and tests[0]["step"] == 8 and tests[0]["loss"] == s["test"]["loss"]
+    assert s["final_test"]["loss"] != s["test"]["loss"]  # test of the last step is reported too
+    assert not run.best_dir.exists()
+
+
+def test_select_final_keeps_the_last_step(runs_dir, scripted_validation):
+    run = run_in_process(runs_dir, *SELECT, "trainer.select=final")
+    s = run.summary
+    assert s["selection"] == "final" and s["selected_step"] == 12 and s["test"] == s["final_test"]
+    at_12 = run.checkpoints_dir / checkpoints.folder_name(12)
+    assert same_tensors(adapter_tensors(run.adapter_dir), adapter_tensors(at_12))
+
+
+# ------------------------------------------------------------------ stops and resume
+
+
+def test_a_stop_during_the_final_evaluation_checkpoints_and_resumes_to_the_same_result(runs_dir, monkeypatch):
+    straight = run_in_process(runs_dir, "trainer.max_steps=10", "trainer.eval_every=5", "name=straight")
+    real = Trainer._evaluate
+
+    def stop_at_test(self, split):
+        if split == "test":
+            stopping.request("SIGTERM", 15)
+        return real(self, split)
+
+    monkeypatch.setattr(Trainer, "_evaluate", stop_at_test)
+    with pytest.raises(RunInterrupted) as stop:
+        run_in_process(runs_dir, "trainer.max_steps=10", "trainer.eval_every=5", "name=cut")
+    assert stop.value.step == 10 and stop.value.exit_code == 143
+    cut = runs.resolve("cut", runs_dir)
+    assert cut.status == "interrupted" and (cut.checkpoints_dir / checkpoints.folder_name(10)).is_dir()
+    monkeypatch.setattr(Trainer, "_evaluate", real)
+    resumed = run_in_process(runs_dir, "resume=cut")
+    assert resumed.status == "completed"
+    assert same_tensors(adapter_tensors(straight.adapter_dir), adapter_tensors(resumed.adapter_dir))
+    numbers = lambda r: [{k: v for k, v in x.items() if k != "tokens_per_s"} for x in r.metrics()]  # noqa: E731
+    assert numbers(straight) == numbers(resumed)
+
+
+def _interrupted_after(runs_dir: Path, name: str, steps: int = 8) -> runs.Run:
+    """A run that reads as interrupted after its last checkpoint (as a kill would leave it)."""
+    run = run_in_process(runs_dir, f"trainer.max_steps={steps}", "trainer.checkpoint_every=4",
+                         "trainer.keep_checkpoints=3", "trainer.eval_every=0", f"name={name}")
+    run.set_status("interrupted")
+    run.summary_path.unlink()
+    return run
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_used(runs_dir):
+    run = _interrupted_after(runs_dir, "damaged")
+    newest = run.checkpoints_dir / checkpoints.folder_name(8)
+    with open(newest / "adapter.safetensors", "r+b") as f:
+        f.truncate(100)
+    for stray in ("step_0000abc", "step_0000099.tmp", "notes"):
+        (run.checkpoints_dir / stray).mkdir()
+    (run.checkpoints_dir / "step_0000050").write_text("a file, not a checkpoint")
+    result = peftlab("train", "resume=damaged", "-q")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and str(newest) in warnings[0] and "adapter.safetensors" in warnings[0]
+    assert runs.resolve("damaged", runs_dir).meta["resumed_from"] == "step_0000004"
+
+
+def test_no_usable_checkpoint_is_one_line(runs_dir):
+    run = _interrupted_after(runs_dir, "nothing")
+    for c in checkpoints.listed(run.checkpoints_dir):
+        (c.path / "manifest.json").write_text("{")
+    result = peftlab("train", "resume=nothing")
+    err = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(err) == 1 and "no usable checkpoint" in err[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_run_written_by_a_live_process_cannot_be_resumed_by_another(runs_dir):
+    run = _interrupted_after(runs_dir, "busy")
+    with run.own():
+        result = peftlab("train", "resume=busy")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"being written by process {os.getpid()}" in result.stderr
+        assert runs.resolve("busy", runs_dir).status == "interrupted"
+    assert peftlab("train", "resume=busy", "-q").returncode == 0
+
+
+def test_resume_refuses_frozen_weights_that_changed_since_the_run_started(runs_dir, monkeypatch):
+    run = _interrupted_after(runs_dir, "moved")
+    loop = json.loads((run.checkpoints_dir / checkpoints.folder_name(8) / "loop.json").read_text())
+    assert len(loop["frozen_fingerprint"]) == 32
+    monkeypatch.setattr(checkpoints, "frozen_fingerprint", lambda model: "0" * 32)
+    with pytest.raises(UserError, match="frozen weights rebuilt to resume .* differ"):
+        run_in_process(runs_dir, "resume=moved")
+    assert runs.resolve("moved", runs_dir).status == "failed"
+
+
+def test_a_successful_resume_clears_the_previous_error_into_the_history(runs_dir):
+    run = _interrupted_after(runs_dir, "errored")
+    run.set_status("failed", error="RuntimeError: something broke")
+    resumed = run_in_process(runs_dir, "resume=errored")
+    meta = resumed.meta
+    assert meta["status"] == "completed" and "error" not in meta
+    assert meta["history"][-1]["status"] == "failed" and "something broke" in meta["history"][-1]["error"]
+
+
+# ------------------------------------------------------------------ the disk
+
+
+def _no_space(path):
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_during_a_checkpoint_fails_the_run_in_one_line_and_leaves_no_temporary_folder(runs_dir, monkeypatch):
+    real = runs.write_bytes
+
+    def full(path, data):
+        if Path(path).name == "optimizer.pt":
+            raise _no_space(path)
+        return real(path, data)
+
+    monkeypatch.setattr(runs, "write_bytes", full)
+    with pytest.raises(UserError, match="no space left on the device writing '.*optimizer.pt'"):
+        run_in_process(runs_dir, "trainer.max_steps=6", "trainer.checkpoint_every=3", "name=full")
+    run = runs.resolve("full", runs_dir)
+    assert run.status == "failed" and "no space left" in run.meta["error"]
+    assert not list(run.path.rglob("*.tmp"))
+
+
+def test_a_full_disk_while_a_run_is_set_up_leaves_no_empty_version_folder(runs_dir, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise _no_space(self.config_path)
+
+    monkeypatch.setattr(runs.Run, "write_config", full)
+    with pytest.raises(UserError, match="no space left"):
+        run_in_process(runs_dir, "trainer.max_steps=2", "name=setup")
+    assert not (runs_dir / "setup").exists()
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A real 300 KiB file system (needs the right to mount; skipped without it)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def make(options: str) -> Path:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a small file system here")
+        return mount
+
+    yield make
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_is_one_line_exit_2(small_mount):
+    disk = small_mount("size=300k")
+    result = peftlab("train", "model=tiny", "trainer.max_steps=40", "trainer.checkpoint_every=5",
+                     f"runs_dir={disk}", "name=tight")
+    err = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(err) == 1 and "no space left" in err[0], result.stderr
+    assert not list(disk.rglob("*.tmp"))
+    assert json.loads((disk / "tight" / "v1" / "meta.json").read_text())["status"] == "failed"
+
+
+def test_a_read_only_disk_is_one_line_exit_2(small_mount):
+    disk = small_mount("ro,size=300k")
+    result = peftlab("train", "model=tiny", "trainer.max_steps=2", f"runs_dir={disk}/runs")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "read-only" in result.stderr and str(disk) in result.stderr
+
+
+def test_a_runs_dir_that_cannot_exist_is_one_line_exit_2(runs_dir):
+    result = peftlab("train", "model=tiny", "trainer.max_steps=2", "runs_dir=/proc/nope")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "/proc/nope" in result.stderr
+
+
+# ------------------------------------------------------------------ what the user sees and gets
+
+
+def test_output_to_a_pipe_gets_a_plain_line_per_logging_interval(runs_dir):
+    result = peftlab("train", "model=tiny", "trainer.max_steps=10", "trainer.log_every=5", "trainer.eval_every=5")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines if "loss" in line] == ["5/10", "10/10"]
+    best = runs.list_runs(runs_dir)[0].summary["best_validation"]["accuracy"]
+    assert lines[-1].startswith("step 10/10") and f"best accuracy {best:.4f}" in lines[-1]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o002, 0o664), (0o077, 0o600)])
+def test_run_files_follow_the_umask(runs_dir, umask, mode):
+    done = subprocess.run([sys.executable, "-m", "peftlab", "train", "model=tiny", "trainer.max_steps=2",
+                           "trainer.checkpoint_every=2", "-q"], capture_output=True, text=True,
+                          preexec_fn=lambda: os.umask(umask))
+    assert done.returncode == 0, done.stderr
+    run = runs.list_runs(runs_dir)[0]
+    files = [p for p in run.path.rglob("*") if p.is_file()]
+    assert {"summary.json", "adapter.safetensors", "optimizer.pt", "metrics.jsonl"} <= {p.name for p in files}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(mode)}
