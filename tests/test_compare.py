@@ -27,6 +27,13 @@ TRAINABLE = {4: 37_000, 8: 74_000}
 CLI = Path(sys.executable).parent / "peftlab"
 
 
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path, monkeypatch):
+    """No test reads the current directory's runs/ or the user's PEFTLAB_RUNS_DIR."""
+    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(tmp_path / "env-runs"))
+    monkeypatch.chdir(tmp_path)
+
+
 def fabricate_run(runs: Path, method: str, rank: int, seed: int, acc: float, *, version: int,
                   status: str = "completed", analysis: bool = True) -> Path:
     d = runs / f"{method}-minilm-stdlib_docs" / f"v{version}"
@@ -77,15 +84,16 @@ def runs(tmp_path: Path) -> Path:
         for seed, acc in enumerate(accs):
             v = versions[method] = versions.get(method, -1) + 1
             d = fabricate_run(root, method, rank, seed, acc, version=v)
+            # as run_ref writes it: relative to the sweep's runs root
             members.append({"overrides": [f"method={method}", f"method.rank={rank}", f"seed={seed}"],
-                            "run": str(d.relative_to(tmp_path)), "status": "completed"})
+                            "run": str(d.relative_to(root)), "status": "completed"})
     members.append({"overrides": ["method=lora", "method.rank=16", "seed=0"], "run": None, "status": "pending"})
     # one unfinished run outside the sweep
     fabricate_run(root, "lora", 8, 2, 0.5, version=99, status="running")
-    sweep = root / "sweeps" / "grid" / "0"
+    sweep = root / "sweeps" / "grid" / "v1"
     sweep.mkdir(parents=True)
     (sweep / "sweep.json").write_text(json.dumps({
-        "name": "grid", "version": 0, "grid": ["method=lora,pissa", "method.rank=4,8", "seed=0,1"],
+        "name": "grid", "version": "v1", "grid": ["method=lora,pissa", "method.rank=4,8", "seed=0,1"],
         "members": members,
     }))
     return root
@@ -120,10 +128,10 @@ def test_group_pools_seeds_and_marks_best(runs):
 
 
 def test_sweep_folder_glob_and_dedup(runs):
-    sweep = runs / "sweeps" / "grid" / "0"
+    sweep = runs / "sweeps" / "grid" / "v1"
     notes: list[str] = []
     recs = cmp.collect([str(sweep)], notes=notes)
-    assert len(recs) == 8  # member paths are relative to the folder above runs/
+    assert len(recs) == 8  # member paths are relative to the sweep's runs root
     assert any("no run folder yet" in n for n in notes)
     both = cmp.collect([str(runs), str(sweep), str(runs / "lora-*" / "*"), str(recs[0].path)])
     assert len(both) == 9  # 8 completed + 1 running, each once
@@ -154,7 +162,7 @@ def test_where_filters_and_sort(runs):
     with pytest.raises(UserError, match="cannot read"):
         cmp.select(recs, where=["method"])
     rows = cmp.group(cmp.select(recs)[0], sort="metric")
-    assert rows[0].best and [r.test_mean for r in rows] == sorted((r.test_mean for r in rows), reverse=True)
+    assert rows[0].best and [r.val_mean for r in rows] == sorted((r.val_mean for r in rows), reverse=True)
     rows = cmp.group(cmp.select(recs)[0], sort="-method.rank")
     assert rows[0].params["method.rank"] == "8"
     with pytest.raises(UserError, match="cannot sort by"):
@@ -173,8 +181,10 @@ def test_lower_is_better_metric_and_unknown_metric(runs):
 def test_text_formats(runs):
     rows, _ = _rows(runs)
     md = cmp.to_markdown(rows)
-    assert md.startswith("| method | method.rank | test accuracy | n |")
-    assert "| pissa | 8 | 0.88 ± 0.014 | 2 |" in md and cmp.BEST_MARK in md and cmp.NOISE_MARK in md
+    assert md.startswith("| method | method.rank | val accuracy | test accuracy | n |")
+    assert "| pissa | 8 | 0.8900 ± 0.0141 | 0.8800 ± 0.0141 | 2 |" in md
+    assert cmp.BEST_MARK in md and cmp.NOISE_MARK in md
+    assert "Ranked and marked by validation accuracy" in md
     table = list(csv.DictReader(io.StringIO(cmp.to_csv(rows))))
     assert len(table) == 4
     row = next(t for t in table if t["method"] == "pissa" and t["method.rank"] == "8")
@@ -187,7 +197,7 @@ def test_text_formats(runs):
     console = Console(width=220, record=True, file=io.StringIO())
     console.print(cmp.render_table(rows))
     text = console.export_text()
-    assert "0.88 ± 0.014" in text and "★ best" in text and "method.rank" in text
+    assert "0.8800 ± 0.0141" in text and "★ best" in text and "method.rank" in text
 
 
 def test_plot_and_html(runs, tmp_path):
@@ -200,7 +210,7 @@ def test_plot_and_html(runs, tmp_path):
     out = cmp.html_report(rows, recs, figs, tmp_path / "report" / "r.html")
     page = out.read_text()
     assert page.count('<img src="data:image/png;base64,') == len(figs)
-    assert "<table>" in page and "0.88 ± 0.014" in page and "<details>" in page
+    assert "<table>" in page and "0.8800 ± 0.0141" in page and "<details>" in page
     assert "_target_: peftlab.methods.pissa.PISSA" in page
     assert "src=\"http" not in page and "href=" not in page  # nothing external
 
@@ -219,19 +229,19 @@ def test_no_torch_import(runs):
     assert out.stdout.strip() == "False"
 
 
-def _cli(*args, cwd=None):
-    env = {**os.environ, "COLUMNS": "220"}
+def _cli(*args, cwd=None, columns=220):
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run([str(CLI), *args], check=False, capture_output=True, text=True, env=env, cwd=cwd)
 
 
 def test_cli_table_plot_html(runs, tmp_path):
     res = _cli("compare", str(runs), "--plot", str(tmp_path / "figs"), "--html", str(tmp_path / "r.html"))
     assert res.returncode == 0, res.stderr
-    assert "method.rank" in res.stdout and "0.88 ± 0.014" in res.stdout and "★ best" in res.stdout
+    assert "method.rank" in res.stdout and "0.8800 ± 0.0141" in res.stdout and "★ best" in res.stdout
     assert "1 run not completed" in res.stdout
     assert (tmp_path / "figs" / "loss_curves.png").is_file()
     assert '<img src="data:image/png;base64,' in (tmp_path / "r.html").read_text()
-    res = _cli("compare", str(runs / "sweeps" / "grid" / "0"), "--format", "csv", "--where", "method=pissa", cwd=tmp_path)
+    res = _cli("compare", str(runs / "sweeps" / "grid" / "v1"), "--format", "csv", "--where", "method=pissa", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 2
 
@@ -244,3 +254,182 @@ def test_cli_errors(tmp_path):
     assert res.returncode == 2 and "no runs found" in res.stderr and str(tmp_path) in res.stderr
     res = _cli("compare", str(tmp_path), "--format", "xml")
     assert res.returncode == 2 and "--format" in res.stderr
+
+
+# ------------------------------------------------------------ damaged files ---
+DAMAGED = [
+    ("meta.json", "[]", "is not a JSON object"),
+    ("meta.json", "3", "is not a JSON object"),
+    ("meta.json", '{"status": "compl', "is not valid JSON"),
+    ("summary.json", "[1, 2]", "is not a JSON object"),
+    ("summary.json", "3", "is not a JSON object"),
+    ("config.yaml", "- a\n- b\n", "is not a mapping"),
+    ("config.yaml", "a: [unclosed\n", "is not valid YAML"),
+    ("overrides.txt", b"method=\xff\n", "is not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("include_all", [False, True])
+@pytest.mark.parametrize(("name", "content", "problem"), DAMAGED)
+def test_damaged_run_file_is_named_and_left_out(runs, name, content, problem, include_all):
+    best = runs / "pissa-minilm-stdlib_docs" / "v3"  # pissa rank 8 seed 1: part of the best row
+    target = best / name
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    notes: list[str] = []
+    recs = cmp.collect([str(runs)], notes=notes)
+    assert f"{target} {problem}: left out" in notes
+    assert best not in {r.path for r in recs}
+    kept, _ = cmp.select(recs, include_all=include_all)
+    assert len(kept) == (8 if include_all else 7)  # 8 completed + 1 running - the damaged one
+    rows = cmp.group(kept)
+    assert all(r.status in ("completed", "running") for r in kept)
+    assert sum(r.best for r in rows) == 1
+
+
+def test_unreadable_summary_is_named(runs):
+    target = runs / "lora-minilm-stdlib_docs" / "v0" / "summary.json"
+    target.unlink()
+    target.mkdir()  # a folder where the file should be: unreadable even for root
+    notes: list[str] = []
+    recs = cmp.collect([str(runs)], notes=notes)
+    assert any(n.startswith(f"{target} cannot be read") and n.endswith(": left out") for n in notes)
+    assert target.parent not in {r.path for r in recs}
+
+
+def test_damaged_analysis_only_loses_the_analysis(runs):
+    target = runs / "lora-minilm-stdlib_docs" / "v0" / "analysis.json"
+    target.write_text("[]")
+    notes: list[str] = []
+    recs = cmp.collect([str(runs)], notes=notes)
+    assert f"{target} is not a JSON object: its analysis is ignored" in notes
+    rec = next(r for r in recs if r.path == target.parent)
+    assert rec.analysis is None
+
+
+@pytest.mark.parametrize("content", ["[]", "3", "{oops", '{"members": 3}'])
+def test_damaged_sweep_json_is_noted(runs, content):
+    sweep = runs / "sweeps" / "grid" / "v1"
+    (sweep / "sweep.json").write_text(content)
+    notes: list[str] = []
+    assert cmp.collect([str(sweep)], notes=notes) == []
+    assert any(n.startswith(str(sweep / "sweep.json")) and "members are not read" in n for n in notes)
+
+
+def test_cli_names_the_damaged_file_when_no_run_is_left(tmp_path):
+    d = fabricate_run(tmp_path / "runs", "lora", 8, 0, 0.8, version=1)
+    (d / "meta.json").write_text("[]")
+    res = _cli("compare", str(tmp_path / "runs"), "--all")
+    assert res.returncode == 2, res.stderr
+    assert f"{d / 'meta.json'} is not a JSON object: left out" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_notes_a_damaged_run_beside_the_others(runs):
+    (runs / "lora-minilm-stdlib_docs" / "v0" / "meta.json").write_text("3")
+    res = _cli("compare", str(runs), "--all")
+    assert res.returncode == 0, res.stderr
+    assert "meta.json is not a JSON object: left out" in res.stdout and "unknown" not in res.stdout
+
+
+# ------------------------------------------------------------------ widths ---
+def _table_text(rows, width: int) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(cmp.render_table(rows, title="t", width=width))
+    return console.export_text()
+
+
+def _metric_strings(rows) -> list[str]:
+    return [cmp.fmt_metric(v) for r in rows for v in (r.val_mean, r.val_std, r.test_mean, r.test_std)]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_table_fits_the_width_and_keeps_every_metric_whole(runs, width):
+    rows, _ = _rows(runs)
+    text = _table_text(rows, width)
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    for s in _metric_strings(rows):
+        assert s in text
+    if width >= 80:  # mean ± std on one line
+        assert "0.8900 ± 0.0141" in text and "0.8800 ± 0.0141" in text
+    assert "★ best" in text and "≈ best" in text
+    if width < 120:
+        assert "Left out at this width: peak MB" in text
+
+
+def test_long_configuration_label_wraps_instead_of_the_metric(tmp_path):
+    d = fabricate_run(tmp_path / "runs", "lora", 8, 0, 0.123456, version=1)
+    (d / "overrides.txt").write_text("method=lora\n" + "".join(f"+extra.option_{i}=value_{i}\n" for i in range(12)))
+    rows, _ = _rows(tmp_path / "runs")
+    for width in (60, 80):
+        text = _table_text(rows, width)
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+        assert "0.1335" in text and "0.1235" in text  # validation, test: whole
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_cli_piped_at_narrow_width_shows_the_metric_whole(runs, width):
+    res = _cli("compare", str(runs), columns=width)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    assert "0.8900" in res.stdout and "0.8800" in res.stdout and "± 0.0141" in res.stdout
+
+
+# ------------------------------------------------------------ sweep members ---
+def _sweep_with_member(root: Path, ref: str) -> Path:
+    sweep = root / "sweeps" / "s" / "v1"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"name": "s", "version": "v1", "members": [
+        {"index": 0, "overrides": ["method=lora"], "run": ref, "status": "completed"}]}))
+    return sweep
+
+
+def test_sweep_member_is_read_under_the_sweeps_runs_root_not_the_cwd(tmp_path, monkeypatch):
+    root = tmp_path / "store" / "runs"
+    ours = fabricate_run(root, "lora", 8, 0, 0.7, version=1)  # root/lora-minilm-stdlib_docs/v1
+    sweep = _sweep_with_member(root, "lora-minilm-stdlib_docs/v1")
+    cwd = tmp_path / "elsewhere"
+    decoy = fabricate_run(cwd, "lora", 8, 0, 0.1, version=1)  # ./lora-minilm-stdlib_docs/v1
+    monkeypatch.chdir(cwd)
+    notes: list[str] = []
+    recs = cmp.collect([str(sweep)], notes=notes)
+    assert [r.path.resolve() for r in recs] == [ours.resolve()] and decoy.resolve() != ours.resolve()
+    assert recs[0].summary["test"]["accuracy"] == pytest.approx(0.7)
+    assert notes == []
+
+
+def test_sweep_member_missing_under_its_root_is_not_found_elsewhere(tmp_path, monkeypatch):
+    root = tmp_path / "store" / "runs"
+    sweep = _sweep_with_member(root, "lora-minilm-stdlib_docs/v1")
+    fabricate_run(tmp_path / "elsewhere", "lora", 8, 0, 0.1, version=1)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    notes: list[str] = []
+    assert cmp.collect([str(sweep)], notes=notes) == []
+    assert notes == [f"1 member run folder(s) of sweep {sweep} were not found under {root.resolve()}"]
+
+
+def test_run_path_resolves_only_against_the_runs_root(tmp_path, monkeypatch):
+    from peftlab.sweep.members import run_path
+
+    root = tmp_path / "runs"
+    sweep = root / "sweeps" / "s" / "v1"
+    sweep.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    fabricate_run(tmp_path, "lora", 8, 0, 0.1, version=1)  # a decoy at ./lora-minilm-stdlib_docs/v1
+    assert run_path(sweep, "lora-minilm-stdlib_docs/v1") == root.resolve() / "lora-minilm-stdlib_docs" / "v1"
+    assert run_path(sweep, str(tmp_path / "abs")) == tmp_path / "abs"
+    assert run_path(sweep, None) is None and run_path(sweep, "") is None
+
+
+def test_collecting_a_sweep_imports_no_torch(runs):
+    code = (
+        "import sys\n"
+        "import peftlab.compare as c\n"
+        f"recs = c.collect([{str(runs / 'sweeps' / 'grid' / 'v1')!r}])\n"
+        "assert len(recs) == 8, recs\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

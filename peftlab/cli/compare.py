@@ -18,9 +18,14 @@ FORMATS = ("table", "markdown", "csv", "json")
 @app.command("compare")
 def compare_command(
     paths: List[str] = typer.Argument(..., help="run folders, sweep folders, folders of runs, or globs"),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="metric to compare (default: the runs' trainer.metric)"),
+    metric: Optional[str] = typer.Option(
+        None, "--metric", "-m",
+        help="key metric: rows are ranked and marked by its validation value (default: the runs' trainer.metric)",
+    ),
     sort: Optional[str] = typer.Option(
-        None, "--sort", help="metric | val | params | time | speed | memory | intruders | <swept key>; '-' reverses"
+        None, "--sort",
+        help="metric (= val, the ranking) | test (reporting order only: marks stay by validation) | params | time "
+        "| speed | memory | intruders | n | <swept key>; '-' reverses (default: grid order)",
     ),
     where: Optional[List[str]] = typer.Option(
         None, "--where", "-w", help="filter, repeatable: method=lora, method=lora,pissa, method.rank>=8"
@@ -33,8 +38,12 @@ def compare_command(
     """Compare runs: one row per configuration, seeds pooled as mean ± std.
 
     Rows are configurations (the overrides without seed=); the columns that vary
-    across rows come first. The best row is marked, and rows within noise of it
-    (|mean_best - mean| <= std_best + std) are marked too.
+    across rows come first. Rows are ranked and marked by validation <metric> at
+    each run's selected checkpoint; test <metric> is reported at the selected
+    checkpoint and never chooses. The best row is marked, and rows within noise
+    of it (|mean_best - mean| <= std_best + std, on validation) are marked too.
+    Notes below the table say what to keep in mind (runs left out, damaged
+    files, different datasets, single seeds).
     """
     from peftlab import compare as cmp
     from peftlab.errors import UserError, did_you_mean
@@ -42,44 +51,63 @@ def compare_command(
     if fmt not in FORMATS:
         raise UserError(f"unknown --format '{fmt}'{did_you_mean(fmt, FORMATS)}: choose one of {', '.join(FORMATS)}")
     notes: list[str] = []
+    kept = _kept_runs(cmp, paths, where or [], include_all, notes)
+    rows = cmp.group(kept, metric=metric, sort=sort)
+    notes += cmp.row_notes(rows)
+    _print_rows(cmp, rows, fmt, title=f"{len(kept)} run(s), {len(rows)} configuration(s)", notes=notes)
+    say = _say if fmt == "table" else _say_stderr
+    for n in notes:
+        say(n)
+    _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say)
+
+
+def _kept_runs(cmp, paths: List[str], where: List[str], include_all: bool, notes: list[str]) -> list:
+    """The runs to compare; a UserError (with the notes, e.g. damaged files) when there are none."""
+    from peftlab.errors import UserError
+
     records = cmp.collect(paths, notes=notes)
     if not records:
-        raise UserError(f"no runs found in {', '.join(paths)} (a run folder holds meta.json)")
-    kept, left_out = cmp.select(records, where=where or [], include_all=include_all)
+        why = f": {'; '.join(notes)}" if notes else " (a run folder holds meta.json)"
+        raise UserError(f"no runs found in {', '.join(paths)}{why}")
+    kept, left_out = cmp.select(records, where=where, include_all=include_all)
     note = cmp.left_out_note(left_out)
     if note:
         notes.append(note)
     if not kept:
         why = f" matching {' '.join(where)}" if where else (" that completed" if left_out else "")
         raise UserError(f"no runs{why} in {', '.join(paths)}" + ("; --all includes unfinished runs" if left_out else ""))
-    rows = cmp.group(kept, metric=metric, sort=sort)
+    return kept
 
-    human = fmt == "table"
+
+def _print_rows(cmp, rows: list, fmt: str, title: str, notes: list[str]) -> None:
     if fmt == "table":
-        title = f"{len(kept)} run(s), {len(rows)} configuration(s)"
         console.print(cmp.render_table(rows, title=title, width=console.width))
+        return
+    if fmt == "json":
+        text = cmp.to_json(rows, notes=notes)
     else:
-        text = {"markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}[fmt](rows)
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        text = {"markdown": cmp.to_markdown, "csv": cmp.to_csv}[fmt](rows)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
-    def say(msg: str) -> None:
-        if human:
-            console.print(msg, style="dim", highlight=False)
-        else:
-            print(msg, file=sys.stderr)
 
-    for n in notes:
-        say(n)
+def _say(msg: str) -> None:
+    console.print(msg, style="dim", highlight=False, markup=False)  # a path may hold "[...]"
 
+
+def _say_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)  # stdout stays machine-readable
+
+
+def _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say) -> None:
     figures: list[Path] = []
     if plot_dir is not None:
         figures = cmp.plot(rows, plot_dir)
         say(f"wrote {len(figures)} figure(s) to {plot_dir}")
-    if html_file is not None:
-        if plot_dir is None:
-            with tempfile.TemporaryDirectory(prefix="peftlab-compare-") as tmp:
-                figures = cmp.plot(rows, tmp)
-                cmp.html_report(rows, kept, figures, html_file, notes=notes)
-        else:
-            cmp.html_report(rows, kept, figures, html_file, notes=notes)
-        say(f"wrote {html_file}")
+    if html_file is None:
+        return
+    if plot_dir is None:
+        with tempfile.TemporaryDirectory(prefix="peftlab-compare-") as tmp:
+            cmp.html_report(rows, kept, cmp.plot(rows, tmp), html_file, notes=notes)
+    else:
+        cmp.html_report(rows, kept, figures, html_file, notes=notes)
+    say(f"wrote {html_file}")

@@ -6,15 +6,22 @@ starts fast and works on a machine that only holds copied run folders.
 
 The pipeline::
 
-    records = collect(paths)                       # runs, sweeps, parent folders, globs
+    records = collect(paths, notes)                # runs, sweeps, parent folders, globs; damaged runs noted, left out
     kept, left_out = select(records, where=[...])  # completed runs, --where filters
-    rows = group(kept, metric)                     # one row per configuration, seeds pooled
-    render_table(rows) / to_markdown / to_csv / to_json / plot / html_report
+    rows = group(kept, metric)                     # one row per configuration, seeds pooled, marked by validation
+    notes += row_notes(rows)                       # ranking, different datasets, single seeds
+    render_table(rows) / to_markdown / to_csv / to_json(rows, notes) / plot / html_report
+
+Rows are ranked and marked by the validation metric of each run's selected
+checkpoint; the test metric of that checkpoint is reported, never used to
+choose (:mod:`~peftlab.compare.selection`).
 
 One module per step: :mod:`~peftlab.compare.records` (reading run folders,
-``collect``, ``select`` and ``--where``), :mod:`~peftlab.compare.grouping`
-(configurations, mean ± std over seeds, the noise rule, sorting),
-:mod:`~peftlab.compare.formats` (rich table, Markdown, CSV, JSON),
+``collect``, ``select`` and ``--where``, on :mod:`~peftlab.compare.files`),
+:mod:`~peftlab.compare.grouping` (configurations, mean ± std over seeds, the
+noise rule, sorting), :mod:`~peftlab.compare.notes` (what the reader must
+know), :mod:`~peftlab.compare.formats` (Markdown, CSV, JSON),
+:mod:`~peftlab.compare.table` (the rich table, fitted to the console),
 :mod:`~peftlab.compare.figures` (PNG figures) and :mod:`~peftlab.compare.html`
 (the HTML report), on top of :mod:`~peftlab.compare.values` (scalar parsing).
 rich, matplotlib and yaml are imported only by the functions that need them.
@@ -26,9 +33,9 @@ from peftlab.compare.figures import plot
 from peftlab.compare.formats import (
     caption,
     fmt_count,
+    fmt_metric,
     fmt_stat,
     fmt_time,
-    render_table,
     to_csv,
     to_json,
     to_markdown,
@@ -48,6 +55,7 @@ from peftlab.compare.grouping import (
     sort_rows,
 )
 from peftlab.compare.html import html_report
+from peftlab.compare.notes import row_notes
 from peftlab.compare.records import (
     RunRecord,
     collect,
@@ -55,6 +63,8 @@ from peftlab.compare.records import (
     parse_where,
     select,
 )
+from peftlab.compare.selection import Selected, selected_validation
+from peftlab.compare.table import render_table
 from peftlab.compare.values import canonical
 
 __all__ = [
@@ -66,11 +76,13 @@ __all__ = [
     "NOISE_RULE",
     "Row",
     "RunRecord",
+    "Selected",
     "canonical",
     "caption",
     "collect",
     "default_metric",
     "fmt_count",
+    "fmt_metric",
     "fmt_stat",
     "fmt_time",
     "group",
@@ -81,7 +93,9 @@ __all__ = [
     "parse_where",
     "plot",
     "render_table",
+    "row_notes",
     "select",
+    "selected_validation",
     "sort_rows",
     "to_csv",
     "to_json",

@@ -1,7 +1,9 @@
-"""Rendering rows: a rich table for the terminal, Markdown, CSV and JSON.
+"""Rendering rows: Markdown, CSV and JSON (the terminal table is :mod:`~peftlab.compare.table`).
 
 The human formats (table, Markdown, and the HTML report's table) share
-:func:`columns` and :func:`caption`; CSV and JSON carry the raw numbers.
+:func:`columns` and :func:`caption`; CSV and JSON carry the raw numbers. Rows
+are ranked and marked by validation; the test metric, measured at each run's
+selected checkpoint, is reported beside it and never decides a mark.
 """
 
 from __future__ import annotations
@@ -9,22 +11,30 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from peftlab.compare.grouping import NOISE_MARK, NOISE_RULE, Row
 
+#: Decimals of the key metric: fixed, so that a column lines up and 0.8 reads 0.8000 like its neighbours.
+METRIC_DECIMALS = 4
 
-def _g(v: float | None, digits: int = 4) -> str:
-    return "-" if v is None else f"{v:.{digits}g}"
+
+def fmt_metric(v: float | None) -> str:
+    """A key-metric value with :data:`METRIC_DECIMALS` decimals (very large values in 4 significant digits)."""
+    if v is None:
+        return "-"
+    return f"{v:.{METRIC_DECIMALS}f}" if abs(v) < 1e6 else f"{v:.4g}"
 
 
-def fmt_stat(mean: float | None, std: float | None) -> str:
+def fmt_stat(mean: float | None, std: float | None, stacked: bool = False) -> str:
+    """``0.8800 ± 0.0141`` (mean ± sample std; the mean alone for one seed); ``stacked`` puts ± on a second line."""
     if mean is None:
         return "-"
     if std is None:
-        return _g(mean)
-    return f"{_g(mean)} ± {_g(std, 2)}"
+        return fmt_metric(mean)
+    sep = "\n" if stacked else " "
+    return f"{fmt_metric(mean)}{sep}± {fmt_metric(std)}"
 
 
 def fmt_count(v: float | None) -> str:
@@ -49,105 +59,68 @@ def fmt_time(s: float | None) -> str:
     return f"{h}h{m:02d}m"
 
 
-def columns(rows: Sequence[Row]) -> list[tuple[str, Any]]:
-    """(header, row -> display string) for the human formats (table, markdown, html)."""
+@dataclass(frozen=True)
+class Column:
+    """One column of the human formats.
+
+    ``kind`` says how it may give way when space is short: "label" (the
+    configuration: wraps), "metric" (validation/test mean ± std: never cut),
+    "count" (n), "secondary" (dropped first), "mark" (★ best / ≈ best).
+    """
+
+    header: str
+    cell: Callable[[Row], str]
+    kind: str
+    stat: Callable[[Row], tuple[float | None, float | None]] | None = None  # metric columns: (mean, std)
+
+
+def _metric_column(header: str, stat: Callable[[Row], tuple[float | None, float | None]]) -> Column:
+    return Column(header, lambda r: fmt_stat(*stat(r)), "metric", stat)
+
+
+def _label_columns(rows: Sequence[Row]) -> list[Column]:
+    """The swept keys (only those that differ between rows), or one "config" column when none does."""
+    params = list(rows[0].params)
+    if not params:
+        return [Column("config", lambda r: r.label, "label")]
+    return [Column(p, (lambda r, p=p: r.params[p]), "label") for p in params]
+
+
+def columns(rows: Sequence[Row]) -> list[Column]:
+    """The columns of the human formats (table, markdown, html), validation first: it ranks the rows."""
     if not rows:
         return []
     metric = rows[0].metric
-    cols: list[tuple[str, Any]] = []
-    params = list(rows[0].params)
-    if params:
-        cols += [(p, (lambda r, p=p: r.params[p])) for p in params]
-    else:
-        cols.append(("config", lambda r: r.label))
-    cols += [
-        (f"test {metric}", lambda r: fmt_stat(r.test_mean, r.test_std)),
-        ("n", lambda r: str(r.n)),
-        (f"best val {metric}", lambda r: fmt_stat(r.val_mean, r.val_std)),
-        ("trainable", lambda r: fmt_count(r.trainable_params)),
-        ("wall time", lambda r: fmt_time(r.wall_time_s)),
-        ("tokens/s", lambda r: fmt_count(r.tokens_per_s)),
-        ("peak MB", lambda r: fmt_count(r.peak_memory_mb)),
+    cols = _label_columns(rows) + [
+        _metric_column(f"val {metric}", lambda r: (r.val_mean, r.val_std)),
+        _metric_column(f"test {metric}", lambda r: (r.test_mean, r.test_std)),
+        Column("n", lambda r: str(r.n), "count"),
+        Column("trainable", lambda r: fmt_count(r.trainable_params), "secondary"),
+        Column("wall time", lambda r: fmt_time(r.wall_time_s), "secondary"),
+        Column("tokens/s", lambda r: fmt_count(r.tokens_per_s), "secondary"),
+        Column("peak MB", lambda r: fmt_count(r.peak_memory_mb), "secondary"),
     ]
     if any(r.intruders is not None for r in rows):
-        cols.append(("intruders", lambda r: "-" if r.intruders is None else f"{r.intruders:.3g}"))
-    cols.append(("", lambda r: r.mark))
+        cols.append(Column("intruders", lambda r: "-" if r.intruders is None else f"{r.intruders:.3g}", "secondary"))
+    cols.append(Column("", lambda r: r.mark, "mark"))
     return cols
 
 
-def n_param_columns(rows: Sequence[Row]) -> int:
-    """How many leading :func:`columns` name the configuration (the swept parameters, or "config")."""
-    return max(len(rows[0].params), 1) if rows else 0
-
-
 def caption(rows: Sequence[Row]) -> str:
+    """How to read the table: the ranking key, where test comes from, the noise rule."""
     if not rows:
         return ""
     r = rows[0]
     direction = "higher" if r.higher_is_better else "lower"
     return (
-        f"test {r.metric}: mean ± sample std over seeds ({direction} is better). "
-        f"{NOISE_MARK}: {NOISE_RULE}."
+        f"Ranked and marked by validation {r.metric} ({direction} is better); "
+        f"test {r.metric} reported at the selected checkpoint. "
+        f"Mean ± sample std over seeds. {NOISE_MARK}: on validation, {NOISE_RULE}."
     )
-
-
-#: Columns dropped first (in this order) when the table is wider than the console.
-_DROP_ORDER = ("peak MB", "tokens/s", "wall time", "trainable", "intruders", "best val")
-
-
-def render_table(rows: Sequence[Row], title: str | None = None, width: int | None = None):
-    """A rich Table of the rows (print it with a rich Console).
-
-    The swept parameters and the test metric never wrap; in the mark column a
-    row within noise of the best shows "≈ best" (the caption states the rule).
-    With ``width`` (the console width), secondary columns that do not fit are
-    left out and the caption names them.
-    """
-    from rich import box
-    from rich.table import Table
-
-    cols = columns(rows)
-    n_left = n_param_columns(rows)
-    cells = [[f(r) for _, f in cols] for r in rows]
-    for r, row_cells in zip(rows, cells):
-        if r.within_noise:
-            row_cells[-1] = "≈ best"
-
-    def need(i: int) -> int:
-        return max([len(cols[i][0])] + [len(c[i]) for c in cells])
-
-    keep = list(range(len(cols)))
-    hidden: list[str] = []
-    if width:
-        for prefix in _DROP_ORDER:
-            if sum(need(i) for i in keep) + 2 * (len(keep) - 1) <= width:
-                break
-            for i in list(keep):
-                if i >= n_left and cols[i][0].startswith(prefix):
-                    keep.remove(i)
-                    hidden.append(cols[i][0])
-    cap = caption(rows)
-    if hidden:
-        cap += f" Hidden at this width: {', '.join(hidden)} (widen the terminal or use --format markdown)."
-    table = Table(
-        title=title, title_justify="left", caption=cap, caption_justify="left",
-        box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-    )
-    for i in keep:
-        head = cols[i][0]
-        if i < n_left:
-            table.add_column(head, style="cyan", no_wrap=True, min_width=min(need(i), 40))
-        elif head == "":
-            table.add_column(head, style="bold green", no_wrap=True)
-        else:
-            table.add_column(head, justify="right", no_wrap=True, min_width=need(i))
-    for r, row_cells in zip(rows, cells):
-        table.add_row(*(row_cells[i] for i in keep), style="bold" if r.best else None)
-    return table
 
 
 def to_markdown(rows: Sequence[Row]) -> str:
-    """A GitHub-flavoured Markdown table with the noise rule as a note below."""
+    """A GitHub-flavoured Markdown table with the caption (ranking key, noise rule) below."""
     cols = columns(rows)
     if not cols:
         return ""
@@ -155,12 +128,11 @@ def to_markdown(rows: Sequence[Row]) -> str:
     def cell(s: str) -> str:
         return s.replace("|", "\\|")
 
-    n_left = n_param_columns(rows)
     lines = [
-        "| " + " | ".join(cell(h) for h, _ in cols) + " |",
-        "|" + "|".join("---" if i < n_left else "---:" for i in range(len(cols))) + "|",
+        "| " + " | ".join(cell(c.header) for c in cols) + " |",
+        "|" + "|".join("---" if c.kind == "label" else "---:" for c in cols) + "|",
     ]
-    lines += ["| " + " | ".join(cell(f(r)) for _, f in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(c.cell(r)) for c in cols) + " |" for r in rows]
     lines += ["", f"_{caption(rows)}_", ""]
     return "\n".join(lines)
 
@@ -170,11 +142,11 @@ def _row_dict(r: Row) -> dict:
         **r.params,
         "config": r.label,
         "metric": r.metric,
+        "val_mean": r.val_mean,  # the ranking key
+        "val_std": r.val_std,
         "test_mean": r.test_mean,
         "test_std": r.test_std,
         "n": r.n,
-        "val_mean": r.val_mean,
-        "val_std": r.val_std,
         "trainable_params": None if r.trainable_params is None else round(r.trainable_params),
         "total_params": None if r.total_params is None else round(r.total_params),
         "wall_time_s": r.wall_time_s,
@@ -200,15 +172,17 @@ def to_csv(rows: Sequence[Row]) -> str:
     return buf.getvalue()
 
 
-def to_json(rows: Sequence[Row]) -> str:
-    """JSON: metric, direction, noise rule, swept parameters and rows (with seeds and run paths)."""
+def to_json(rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
+    """JSON: metric, direction, ranking key, noise rule, swept parameters, rows (with seeds and run paths), notes."""
     out = {
         "metric": rows[0].metric if rows else None,
         "higher_is_better": rows[0].higher_is_better if rows else None,
+        "ranked_by": "validation at the selected checkpoint (val_mean); test_mean is reported only",
         "noise_rule": NOISE_RULE,
         "swept": list(rows[0].params) if rows else [],
         "rows": [
             {**_row_dict(r), "seeds": r.seeds, "runs": [str(x.path) for x in r.records]} for r in rows
         ],
+        "notes": [n for n in notes if n],
     }
     return json.dumps(out, indent=2, default=str)

@@ -8,13 +8,20 @@ configuration form one row (mean, sample standard deviation, n). The *swept
 parameters* are the keys whose value differs between rows; they become the
 leading columns.
 
-Noise rule: the best row has the best mean test metric (lower is better for
-metric names containing "loss", "perplexity", "ppl" or "error"). Another row is
-marked "≈ best (within noise)" when ``|mean_best - mean_row| <= std_best +
-std_row``, with std the sample standard deviation over seeds (0 for a single
-seed), i.e. when the one-standard-deviation bands of the two rows overlap. This
-is deliberately simple and visible in the numbers of the table; it is a hint to
-run more seeds, not a significance test.
+Rows are ranked and marked by validation, never by test: each run contributes
+the validation metric of the checkpoint it keeps (see
+:mod:`~peftlab.compare.selection`), and the test metric of that checkpoint is
+only reported. Choosing on test would make the chosen row's test number an
+optimistic estimate.
+
+Noise rule: the best row has the best mean validation metric (lower is better
+for metric names containing "loss", "perplexity", "ppl" or "error"). Another
+row is marked "≈ best (within noise)" when ``|mean_best - mean_row| <=
+std_best + std_row`` on that validation metric, with std the sample standard
+deviation over seeds (0 for a single seed), i.e. when the one-standard-deviation
+bands of the two rows overlap. This is deliberately simple and visible in the
+numbers of the table; it is a hint to run more seeds, not a significance test.
+A row with no validation value is shown but never marked.
 """
 
 from __future__ import annotations
@@ -26,22 +33,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftlab.compare.records import RunRecord
+from peftlab.compare.selection import selected_validation
 from peftlab.compare.values import MISSING, as_number, canonical, override_key
 from peftlab.errors import UserError, did_you_mean
+from peftlab.metrics import LOWER_IS_BETTER, lower_is_better  # noqa: F401  (re-exported)
 
 #: Override keys that never distinguish configurations.
 IGNORED_KEYS = frozenset({"seed", "name", "runs_dir", "resume"})
-#: Substrings of metric names for which lower is better.
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error")
 NOISE_RULE = "|mean_best - mean_row| <= std_best + std_row (sample std over seeds)"
 BEST_MARK = "★ best"
 NOISE_MARK = "≈ best (within noise)"
 DEFAULT_METRIC = "accuracy"
-
-
-def lower_is_better(metric: str) -> bool:
-    m = metric.lower()
-    return any(s in m for s in LOWER_IS_BETTER)
 
 
 def default_metric(records: Sequence[RunRecord]) -> str:
@@ -75,10 +77,10 @@ class Row:
     records: list[RunRecord]
     metric: str
     higher_is_better: bool
-    test_mean: float | None = None
+    test_mean: float | None = None  # test at each run's selected checkpoint: reported, never ranked on
     test_std: float | None = None
     n: int = 0  # runs (seeds) in this configuration
-    val_mean: float | None = None
+    val_mean: float | None = None  # validation at each run's selected checkpoint: the ranking key
     val_std: float | None = None
     trainable_params: float | None = None
     total_params: float | None = None
@@ -111,7 +113,7 @@ def _natural(v: str) -> tuple:
 
 
 _SORT_KEYS = {
-    "metric": "test_mean",
+    "metric": "val_mean",  # the ranking key; "test" orders by the reported test metric only
     "test": "test_mean",
     "val": "val_mean",
     "validation": "val_mean",
@@ -134,7 +136,9 @@ def sort_rows(rows: list[Row], sort: str | None) -> list[Row]:
     """Sort rows in place-free fashion.
 
     None keeps the grid order (swept parameters, numbers numerically).
-    ``metric``/``test``/``val`` put the best first; ``params``, ``time``,
+    ``metric`` (= ``val``) puts the best validation first, the ranking order;
+    ``test`` orders by the reported test metric (a reporting order: the marks
+    still come from validation); ``params``, ``time``,
     ``speed``, ``memory``, ``intruders``, ``n`` sort ascending; a swept
     parameter name sorts by its values. A leading ``-`` reverses.
     """
@@ -177,85 +181,95 @@ def _config_keys(records: Sequence[RunRecord]) -> list[str]:
     return keys
 
 
+def _check_metric(records: Sequence[RunRecord], metric: str) -> None:
+    """A :class:`UserError` listing the available metrics when no run reports ``metric``."""
+    sections = ("test", "best_validation", "final_validation")
+    if any(metric in _split(r, s) for r in records for s in sections) or not any(r.summary for r in records):
+        return
+    avail = sorted({k for r in records for s in sections for k in _split(r, s) if k not in ("step", "examples")})
+    raise UserError(
+        f"no run reports metric '{metric}'{did_you_mean(metric, avail)}: "
+        f"available: {', '.join(avail) or 'none (no summary.json)'}"
+    )
+
+
+def _configurations(records: Sequence[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], list[str]]:
+    """The runs grouped by configuration (seeds pooled), and the swept keys (those that differ)."""
+    keys = _config_keys(records)
+
+    def ident(rec: RunRecord) -> tuple:
+        return tuple((k, "-" if (v := rec.value(k)) is MISSING else canonical(v)) for k in keys)
+
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(ident(r), []).append(r)
+    swept = [k for i, k in enumerate(keys) if len({g[i][1] for g in groups}) > 1]
+    return groups, swept
+
+
+def _intruders(rec: RunRecord) -> Any:
+    model = rec.analysis.get("model") if rec.analysis else None
+    return model.get("intruders") if isinstance(model, dict) else None
+
+
+def _row(key: tuple, recs: list[RunRecord], swept: Sequence[str], metric: str) -> Row:
+    """The statistics of one configuration over its seeds (marks are set later, by :func:`mark_best`)."""
+    kd = dict(key)
+    tm, ts = mean_std([_split(r, "test").get(metric) for r in recs])
+    vm, vs = mean_std([selected_validation(r, metric).value for r in recs])
+    return Row(
+        key=key,
+        params={k: kd[k] for k in swept},
+        records=recs,
+        metric=metric,
+        higher_is_better=not lower_is_better(metric),
+        test_mean=tm,
+        test_std=ts,
+        n=len(recs),
+        val_mean=vm,
+        val_std=vs,
+        trainable_params=_mean(r.summary.get("trainable_params") for r in recs),
+        total_params=_mean(r.summary.get("total_params") for r in recs),
+        wall_time_s=_mean(r.summary.get("wall_time_s") for r in recs),
+        tokens_per_s=_mean(r.summary.get("tokens_per_s") for r in recs),
+        peak_memory_mb=_mean(r.summary.get("peak_memory_mb") for r in recs),
+        intruders=_mean(_intruders(r) for r in recs),
+    )
+
+
 def group(
     records: Sequence[RunRecord], metric: str | None = None, sort: str | None = None
 ) -> list[Row]:
     """One :class:`Row` per configuration (seeds pooled), with best / within-noise marks.
 
-    ``metric`` defaults to the runs' ``trainer.metric``. Test values come from
-    ``summary["test"][metric]``, validation from ``summary["best_validation"]``.
-    An unknown metric is a :class:`UserError` listing the available ones.
+    ``metric`` defaults to the runs' ``trainer.metric``. Validation values (the
+    ranking key) come from each run's selected checkpoint
+    (:func:`~peftlab.compare.selection.selected_validation`), test values from
+    ``summary["test"][metric]``. An unknown metric is a :class:`UserError`
+    listing the available ones.
     """
     records = list(records)
     if not records:
         return []
     metric = metric or default_metric(records)
-    hib = not lower_is_better(metric)
-
-    has_metric = any(metric in _split(r, s) for r in records for s in ("test", "best_validation", "final_validation"))
-    if not has_metric and any(r.summary for r in records):
-        avail = sorted({k for r in records for s in ("test", "best_validation") for k in _split(r, s) if k != "step"})
-        raise UserError(
-            f"no run reports metric '{metric}'{did_you_mean(metric, avail)}: "
-            f"available: {', '.join(avail) or 'none (no summary.json)'}"
-        )
-
-    keys = _config_keys(records)
-
-    def ident(rec: RunRecord) -> tuple:
-        out = []
-        for k in keys:
-            v = rec.value(k)
-            out.append((k, "-" if v is MISSING else canonical(v)))
-        return tuple(out)
-
-    groups: dict[tuple, list[RunRecord]] = {}
-    for r in records:
-        groups.setdefault(ident(r), []).append(r)
-
-    swept = [k for i, k in enumerate(keys) if len({g[i][1] for g in groups}) > 1]
-    rows: list[Row] = []
-    for key, recs in groups.items():
-        kd = dict(key)
-        test_vals = [_split(r, "test").get(metric) for r in recs]
-        tm, ts = mean_std(test_vals)
-        vm, vs = mean_std([_split(r, "best_validation").get(metric) for r in recs])
-        intr = [r.analysis["model"].get("intruders") for r in recs if r.analysis and isinstance(r.analysis.get("model"), dict)]
-        rows.append(
-            Row(
-                key=key,
-                params={k: kd[k] for k in swept},
-                records=recs,
-                metric=metric,
-                higher_is_better=hib,
-                test_mean=tm,
-                test_std=ts,
-                n=len(recs),
-                val_mean=vm,
-                val_std=vs,
-                trainable_params=_mean(r.summary.get("trainable_params") for r in recs),
-                total_params=_mean(r.summary.get("total_params") for r in recs),
-                wall_time_s=_mean(r.summary.get("wall_time_s") for r in recs),
-                tokens_per_s=_mean(r.summary.get("tokens_per_s") for r in recs),
-                peak_memory_mb=_mean(r.summary.get("peak_memory_mb") for r in recs),
-                intruders=_mean(intr),
-            )
-        )
+    _check_metric(records, metric)
+    groups, swept = _configurations(records)
+    rows = [_row(key, recs, swept, metric) for key, recs in groups.items()]
     mark_best(rows)
     return sort_rows(rows, sort)
 
 
 def mark_best(rows: Sequence[Row]) -> None:
-    """Mark the best row and the rows within noise of it (see the module docstring)."""
-    scored = [r for r in rows if r.test_mean is not None]
+    """Mark the best row and the rows within noise of it, by validation (see the module docstring)."""
+    ranked = [r for r in rows if r.val_mean is not None]
     for r in rows:
         r.best = r.within_noise = False
-    if not scored:
+    if not ranked:
         return
-    pick = max if scored[0].higher_is_better else min
-    best = pick(scored, key=lambda r: r.test_mean)
+    pick = max if ranked[0].higher_is_better else min
+    best = pick(ranked, key=lambda r: r.val_mean)
     best.best = True
-    for r in scored:
+    for r in ranked:
         if r is not best:
-            gap = abs(best.test_mean - r.test_mean)
-            r.within_noise = gap <= (best.test_std or 0.0) + (r.test_std or 0.0)
+            gap = abs(best.val_mean - r.val_mean)
+            r.within_noise = gap <= (best.val_std or 0.0) + (r.val_std or 0.0)

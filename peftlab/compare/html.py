@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from peftlab.compare.formats import caption, columns, n_param_columns
+from peftlab.compare.formats import caption, columns
 from peftlab.compare.grouping import Row
 from peftlab.compare.records import RunRecord
 
@@ -33,19 +33,35 @@ summary{cursor:pointer;font-family:ui-monospace,monospace}
 """
 
 
+_LABEL = ' class="p"'  # configuration cells: left-aligned, monospace
+
+
 def _html_table(rows: Sequence[Row]) -> str:
     cols = columns(rows)
-    n_left = n_param_columns(rows)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in cols)
+    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in cols)
     body = []
     for r in rows:
         cls = "best" if r.best else "noise" if r.within_noise else ""
-        cells = "".join(
-            f'<td class="p">{html.escape(f(r))}</td>' if i < n_left else f"<td>{html.escape(f(r))}</td>"
-            for i, (_, f) in enumerate(cols)
-        )
+        cells = "".join(f"<td{_LABEL if c.kind == 'label' else ''}>{html.escape(c.cell(r))}</td>" for c in cols)
         body.append(f'<tr class="{cls}">{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _configuration_html(row: Row) -> str:
+    """A ``<details>`` with the row's runs and the resolved config of its first run."""
+    import yaml
+
+    rec = row.records[0]
+    cfg = yaml.safe_dump(rec.config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    runs = "\n".join(
+        f"{x.path}  seed={x.seed}  status={x.status}  overrides: {' '.join(x.overrides) or '(none)'}"
+        for x in row.records
+    )
+    return (
+        f"<details><summary>{html.escape(row.label)} {html.escape(row.mark)}</summary>"
+        f"<p class=\"note\">runs</p><pre>{html.escape(runs)}</pre>"
+        f"<p class=\"note\">resolved config ({html.escape(str(rec.path))})</p><pre>{html.escape(cfg)}</pre></details>"
+    )
 
 
 def html_report(
@@ -56,11 +72,11 @@ def html_report(
     title: str = "peftlab compare",
     notes: Sequence[str] = (),
 ) -> Path:
-    """Write one self-contained HTML file: the table, the figures (base64 PNG data
-    URIs), and each configuration's resolved config and runs in a ``<details>``.
-    Needs no server and no other file."""
-    import yaml
-
+    """Write one self-contained HTML file: the table (ranked and marked by
+    validation, test reported at the selected checkpoint), the ``notes``
+    (ranking, datasets, single seeds, left-out runs), the figures (base64 PNG
+    data URIs), and each configuration's resolved config and runs in a
+    ``<details>``. Needs no server and no other file."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -80,18 +96,7 @@ def html_report(
                 f"<figcaption class=\"note\">{name}</figcaption></figure>"
             )
     parts.append("<h2>Configurations</h2>")
-    for r in rows:
-        rec = r.records[0]
-        cfg = yaml.safe_dump(rec.config, sort_keys=False, default_flow_style=False, allow_unicode=True)
-        runs = "\n".join(
-            f"{x.path}  seed={x.seed}  status={x.status}  overrides: {' '.join(x.overrides) or '(none)'}"
-            for x in r.records
-        )
-        parts.append(
-            f"<details><summary>{html.escape(r.label)} {html.escape(r.mark)}</summary>"
-            f"<p class=\"note\">runs</p><pre>{html.escape(runs)}</pre>"
-            f"<p class=\"note\">resolved config ({html.escape(str(rec.path))})</p><pre>{html.escape(cfg)}</pre></details>"
-        )
+    parts += [_configuration_html(r) for r in rows]
     parts.append("</body></html>")
     out = Path(out_file)
     if out.parent and not out.parent.exists():

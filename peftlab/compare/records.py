@@ -2,13 +2,16 @@
 
 A run folder holds meta.json (and no sweep.json); it is read as a
 :class:`RunRecord` from config.yaml, overrides.txt, meta.json, summary.json and
-analysis.json, with metrics.jsonl read only when plotted.
+analysis.json, with metrics.jsonl read only when plotted. A run whose
+meta.json, summary.json, config.yaml or overrides.txt is damaged (unreadable,
+not valid JSON/YAML, not an object) is left out with a note naming the file,
+also with ``--all``: what it was cannot be told, so it must not be ranked.
+A damaged analysis.json only loses the analysis columns.
 """
 
 from __future__ import annotations
 
 import glob as _glob
-import json
 import os
 import re
 from collections import Counter
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftlab.run_files import read_json_object, read_text, read_yaml_mapping
 from peftlab.compare.values import (
     MISSING,
     as_number,
@@ -32,29 +36,6 @@ RUN_FILE = "meta.json"
 SWEEP_FILE = "sweep.json"
 
 
-def _read_json(path: Path, default: Any = None) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return {}
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        data = yaml.load(text, Loader=loader)  # a safe loader (C-accelerated when available)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 @dataclass
 class RunRecord:
     """One run folder as read from disk (metrics.jsonl is read only when plotted)."""
@@ -65,24 +46,35 @@ class RunRecord:
     meta: dict
     summary: dict
     analysis: dict | None = None
+    #: Why the run cannot be trusted (a damaged meta.json, summary.json, ...): ``collect`` leaves it out.
+    problems: list[str] = field(default_factory=list)
+    #: A damaged analysis.json: the run stays, without its analysis.
+    analysis_problem: str | None = None
     _metrics: list[dict] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:
         path = Path(path)
-        try:
-            lines = (path / "overrides.txt").read_text(encoding="utf-8").splitlines()
-        except OSError:
-            lines = []
-        overrides = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-        analysis = _read_json(path / "analysis.json") if (path / "analysis.json").is_file() else None
+        problems: list[str] = []
+
+        def keep(read: tuple[Any, str | None], default: Any) -> Any:
+            value, problem = read
+            if problem:
+                problems.append(problem)
+            return default if value is None else value
+
+        text = keep(read_text(path / "overrides.txt"), "")
+        overrides = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        analysis, analysis_problem = read_json_object(path / "analysis.json")
         return cls(
             path=path,
-            config=_read_yaml(path / "config.yaml"),
+            config=keep(read_yaml_mapping(path / "config.yaml"), {}),
             overrides=overrides,
-            meta=_read_json(path / RUN_FILE, {}) or {},
-            summary=_read_json(path / "summary.json", {}) or {},
-            analysis=analysis if isinstance(analysis, dict) else None,
+            meta=keep(read_json_object(path / RUN_FILE), {}),
+            summary=keep(read_json_object(path / "summary.json"), {}),
+            analysis=analysis,
+            problems=problems,
+            analysis_problem=analysis_problem,
         )
 
     # -- identity ----------------------------------------------------------------
@@ -185,29 +177,44 @@ def _walk_runs(root: Path) -> list[Path]:
     return found
 
 
+def _note(notes: list[str] | None, text: str) -> None:
+    if notes is not None:
+        notes.append(text)
+
+
+def _member_refs(sweep_dir: Path, notes: list[str] | None) -> list[Any]:
+    """The ``run`` of every member in sweep.json (None for a member without one)."""
+    data, problem = read_json_object(sweep_dir / SWEEP_FILE)
+    if problem:
+        _note(notes, f"{problem}: its members are not read")
+        return []
+    members = (data or {}).get("members") or []
+    if not isinstance(members, list):
+        _note(notes, f"{sweep_dir / SWEEP_FILE} has no list of members: its members are not read")
+        return []
+    return [m.get("run") if isinstance(m, dict) else None for m in members]
+
+
 def _sweep_members(sweep_dir: Path, notes: list[str] | None) -> list[Path]:
-    data = _read_json(sweep_dir / SWEEP_FILE, {}) or {}
-    members = data.get("members") or []
-    runs_root = sweep_dir.parents[2] if len(sweep_dir.parents) > 2 else sweep_dir
+    """The run folders of a sweep's members, resolved as the sweep itself resolves them."""
+    # peftlab.sweep.members imports no torch nor hydra; imported here, when a sweep is read
+    from peftlab.sweep.members import run_path
+
     out: list[Path] = []
     not_started = missing = 0
-    for m in members:
-        run = m.get("run") if isinstance(m, dict) else None
-        if not run:
+    for ref in _member_refs(sweep_dir, notes):
+        folder = run_path(sweep_dir, ref)
+        if folder is None:
             not_started += 1
-            continue
-        p = Path(run)
-        candidates = [p] if p.is_absolute() else [p, sweep_dir / p, runs_root / p, runs_root.parent / p]
-        hit = next((c for c in candidates if _is_run(c)), None)
-        if hit is None:
-            missing += 1
+        elif _is_run(folder):
+            out.append(folder)
         else:
-            out.append(hit)
-    if notes is not None:
-        if not_started:
-            notes.append(f"{not_started} member(s) of sweep {sweep_dir} have no run folder yet")
-        if missing:
-            notes.append(f"{missing} member run folder(s) of sweep {sweep_dir} were not found")
+            missing += 1
+    if not_started:
+        _note(notes, f"{not_started} member(s) of sweep {sweep_dir} have no run folder yet")
+    if missing:
+        root = run_path(sweep_dir, ".")  # the folder relative member runs are resolved against
+        _note(notes, f"{missing} member run folder(s) of sweep {sweep_dir} were not found under {root}")
     return out
 
 
@@ -222,8 +229,10 @@ def collect(paths: Sequence[str], notes: list[str] | None = None) -> list[RunRec
     sweep.json; its members' run folders are read), any folder containing run
     folders (searched recursively), a glob, or ``<name>[/<version>]`` under the
     runs directory (``$PEFTLAB_RUNS_DIR`` or ``runs``). A path that matches
-    nothing is a :class:`UserError`. Remarks (sweep members without a run
-    folder, ...) are appended to ``notes`` when given.
+    nothing is a :class:`UserError`. A sweep's member runs are found where the
+    sweep itself finds them (:func:`peftlab.sweep.members.run_path`). Runs with
+    a damaged file are left out. Remarks (sweep members without a run folder,
+    damaged files, ...) are appended to ``notes`` when given.
     """
     dirs: list[Path] = []
     for raw in paths:
@@ -247,6 +256,11 @@ def collect(paths: Sequence[str], notes: list[str] | None = None) -> list[RunRec
             if (t / SWEEP_FILE).is_file():
                 dirs.extend(_sweep_members(t, notes))
             dirs.extend(_walk_runs(t))
+    return _load_once(dirs, notes)
+
+
+def _load_once(dirs: Sequence[Path], notes: list[str] | None) -> list[RunRecord]:
+    """Each folder read once (by real path); damaged runs are left out with a note naming the file."""
     seen: set[str] = set()
     records: list[RunRecord] = []
     for d in dirs:
@@ -254,7 +268,13 @@ def collect(paths: Sequence[str], notes: list[str] | None = None) -> list[RunRec
         if key in seen:
             continue
         seen.add(key)
-        records.append(RunRecord.load(d))
+        rec = RunRecord.load(d)
+        for problem in rec.problems:
+            _note(notes, f"{problem}: left out")
+        if rec.analysis_problem:
+            _note(notes, f"{rec.analysis_problem}: its analysis is ignored")
+        if not rec.problems:
+            records.append(rec)
     return records
 
 
