@@ -22,7 +22,10 @@ GRID = ["method=lora,pissa", "method.rank=2,4"]
 
 
 def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 needs_joblib = pytest.mark.skipif(not _installed("hydra_plugins.hydra_joblib_launcher"),
@@ -265,6 +268,32 @@ def test_refresh_keeps_the_run_of_a_member_killed_before_it_ended(runs_dir, run_
     (member,) = sw.refresh(sweep_dir)["members"]
     assert member["run"] == "lora-tiny-stdlib_docs/v1" and member["status"] == member_status
     assert _member_run(sweep_dir, member) == runs_dir / "lora-tiny-stdlib_docs" / "v1"
+
+
+@pytest.mark.parametrize("assume_dead", [False, True])
+@pytest.mark.parametrize("writer_pid_alive, run_owned, member_status", [
+    (True, False, "interrupted"),  # the pid lives on (another process now), but nobody holds the run
+    (False, True, "running"),  # a live process still writes the run: never taken for dead
+])
+def test_refresh_asks_the_runs_lock_whether_a_member_still_trains(runs_dir, assume_dead, writer_pid_alive,
+                                                                  run_owned, member_status):
+    from peftlab import runs
+    from peftlab import sweep as sw
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pid = os.getpid() if writer_pid_alive else dead.pid
+    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": pid, "run": "lora-tiny-stdlib_docs/v1"},
+                            {"status": "running", "pid": pid})
+    run = runs.Run(runs_dir / "lora-tiny-stdlib_docs" / "v1")
+    owner = run.own()  # how training holds its run (an flock on <run>/.owner)
+    if not run_owned:
+        owner.release()
+    try:
+        (member,) = sw.refresh(sweep_dir, assume_dead=assume_dead)["members"]
+    finally:
+        owner.release()
+    assert member["status"] == member_status
 
 
 def test_continue_refuses_a_sweep_that_is_still_running(runs_dir):

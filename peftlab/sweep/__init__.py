@@ -11,8 +11,17 @@ A sweep is a versioned folder ``<runs>/sweeps/<name>/v<N>``::
 
     sweep.json        {"name", "version", "grid", "members": [{"index", "overrides", "run", "status"}], ...}
     members/<i>.json  what member i's task wrote (atomically): status, run folder, error, pid, ...
-    hydra/            Hydra's sweep dir of the first launch (multirun.yaml, one .hydra/ per job)
+    hydra/            Hydra's sweep dir of the first launch (multirun.yaml, one .hydra/ per job,
+                      launch.json: which member each job is, and the pid and host that launched it)
     hydra-2/, ...     Hydra's sweep dir of each --continue
+    stop              present while the sweep process asks its members in other processes to stop
+
+Members that run in other processes on this host are tied to the sweep process
+that launched them: they do not start when it is gone, and while they train its
+death (kill -9 included) or its stop request stops them at the next step
+boundary, checkpointed, after which the worker exits. No two processes ever
+write one run folder: a run is owned (``Run.own``) by the process that trains
+it, and ``--continue`` refuses while any member's run is still owned.
 
 Members finish in other processes (joblib, submitit), so each writes only its own
 ``members/<i>.json``, naming its run folder as soon as training creates it (so a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,9 @@ from peftlab.errors import UserError
 
 SWEEP_FILE = "sweep.json"
 MEMBERS_DIR = "members"
-LAUNCH_FILE = "launch.json"  # in a launch's Hydra dir: which member each job number is
+LAUNCH_FILE = "launch.json"  # in a launch's Hydra dir: which member each job number is, who launched it
 LOCK_FILE = ".lock"
+STOP_FILE = "stop"  # written by a sweep process that is stopping (see request_stop)
 
 
 def _lock_file(sweep_dir: Path):
@@ -66,32 +68,107 @@ def run_ref(sweep_dir: Path, run_path: Path) -> str:
 
 
 def run_path(sweep_dir: Path, ref: str | None) -> Path | None:
-    """The folder a member's ``run`` names (the way ``peftlab compare`` looks it up)."""
-    if not ref:
+    """The folder a member's ``run`` names, or None when the member has no run yet.
+
+    ``run_ref`` writes ``run`` relative to the sweep's runs root
+    (``sweep_dir.parents[2]``: ``<root>/sweeps/<name>/<vN>`` -> ``<root>``) or
+    absolute, so an absolute ``ref`` is taken as is and a relative one is looked
+    up under that root only: never under the current directory, whose own
+    ``runs/`` may hold unrelated runs of the same name. The folder may not exist
+    (the caller checks). ``peftlab compare`` and ``--continue`` both resolve
+    members here.
+    """
+    if not ref or not isinstance(ref, str):
         return None
     p = Path(ref)
     if p.is_absolute():
         return p
+    # resolved as run_ref resolves it, so the two agree on which folder is the root
     sweep_dir = Path(sweep_dir).resolve()
     root = sweep_dir.parents[2] if len(sweep_dir.parents) > 2 else sweep_dir
-    for candidate in (root / p, sweep_dir / p, root.parent / p, p):
-        if (candidate / "meta.json").is_file():
-            return candidate
     return root / p
 
 
-def _dead(record: dict) -> bool:
-    """Whether the process that wrote a 'running' record is gone (False when it cannot be told)."""
+def _pid_gone(record: dict) -> bool:
+    """Whether the process that wrote a record is gone (False when it cannot be told: another host)."""
     if record.get("host") != socket.gethostname():
         return False
     return runs.pid_alive(record.get("pid")) is False
 
 
+def _owned(run: runs.Run) -> bool:
+    """Whether ownership of the run can be told exactly: it has the lock file its writers hold."""
+    return (run.path / runs.OWNER_FILE).exists()
+
+
+def _writer_gone(record: dict, run: runs.Run | None, assume_dead: bool) -> bool:
+    """Whether the member a 'running' record describes is no longer being trained.
+
+    Once the member's run trains, the run's flock says so exactly (the kernel drops
+    it when its writer dies, and a live writer is never taken for dead). Before
+    that, or for runs without the lock file, the record's pid is the only clue,
+    and ``assume_dead`` overrides it.
+    """
+    if run is not None and run.status == "running" and _owned(run):
+        return run.owner() is None
+    return assume_dead or _pid_gone(record)
+
+
+def _abandoned(run: runs.Run, assume_dead: bool) -> bool:
+    """A run still marked running that nobody writes any more (exact when the run has its lock file)."""
+    if run.status != "running":
+        return False
+    return runs.is_stale(run) or (assume_dead and not _owned(run))
+
+
+def records(sweep_dir: Path) -> dict[int, dict]:
+    """What each member's task wrote (members/<i>.json), by member index."""
+    found: dict[int, dict] = {}
+    for f in sorted((Path(sweep_dir) / MEMBERS_DIR).glob("*.json")):
+        rec = _read_json(f)
+        if "index" in rec:
+            found[int(rec["index"])] = rec
+    return found
+
+
+def _member_status(sweep_dir: Path, member: dict, rec: dict | None, assume_dead: bool) -> str:
+    """How a member stands: its record's word, corrected by whether its writer lives and by its run."""
+    status = str(rec.get("status", "running")) if rec else str(member.get("status") or "pending")
+    folder = run_path(sweep_dir, member.get("run"))
+    run = runs.Run(folder) if folder is not None else None
+    if status == "running" and rec and _writer_gone(rec, run, assume_dead):
+        status = "interrupted"
+    if run is None or status == "pending":
+        return status
+    # The run folder has the last word on how the member's training ended.
+    run_status = "interrupted" if _abandoned(run, assume_dead) else run.status
+    if run_status in runs.TERMINAL:
+        return run_status
+    if run_status == "unknown" and status == "completed":
+        return "missing"
+    return status
+
+
+def _merged_member(sweep_dir: Path, index: int, member: dict | None, rec: dict | None, assume_dead: bool) -> dict:
+    member = dict(member or {"overrides": [], "run": None, "status": "pending"})
+    member["index"] = index
+    if rec:
+        member["overrides"] = rec.get("overrides") or member.get("overrides") or []
+        member["run"] = rec.get("run")  # the latest attempt's run (None until it has one)
+        if rec.get("error"):
+            member["error"] = rec["error"]
+        else:
+            member.pop("error", None)
+    member["status"] = _member_status(sweep_dir, member, rec, assume_dead)
+    return {k: member[k] for k in ("index", "overrides", "run", "status", "error") if k in member}
+
+
 def refresh(sweep_dir: Path, *, assume_dead: bool = False) -> dict:
     """Rebuild sweep.json's members from members/<i>.json and the runs' own status; returns it.
 
-    ``assume_dead`` treats members still marked running as interrupted (used by
-    ``--continue`` once it has made sure the sweep's process is gone).
+    ``assume_dead`` treats members still marked running as interrupted when
+    nothing tells better (used once the sweep's process is known to be gone); a
+    run that a live process still writes (its flock, see ``Run.own``) stays running.
     """
     sweep_dir = Path(sweep_dir)
     with _lock_file(sweep_dir):
@@ -102,37 +179,9 @@ def refresh(sweep_dir: Path, *, assume_dead: bool = False) -> dict:
         for i, m in enumerate(data.get("members") or []):
             if isinstance(m, dict):
                 members[int(m.get("index", i))] = m
-        records: dict[int, dict] = {}
-        for f in sorted((sweep_dir / MEMBERS_DIR).glob("*.json")):
-            rec = _read_json(f)
-            if "index" in rec:
-                records[int(rec["index"])] = rec
-        for index in sorted(set(members) | set(records)):
-            member = dict(members.get(index) or {"overrides": [], "run": None, "status": "pending"})
-            member["index"] = index
-            rec = records.get(index)
-            if rec:
-                member["overrides"] = rec.get("overrides") or member.get("overrides") or []
-                member["status"] = rec.get("status", "running")
-                member["run"] = rec.get("run")  # the latest attempt's run (None until it has one)
-                if rec.get("error"):
-                    member["error"] = rec["error"]
-                else:
-                    member.pop("error", None)
-                if member["status"] == "running" and (assume_dead or _dead(rec)):
-                    member["status"] = "interrupted"
-            folder = run_path(sweep_dir, member.get("run"))
-            if folder is not None and member["status"] != "pending":
-                # The run folder has the last word on how the member's training ended.
-                run = runs.Run(folder)
-                status = run.status
-                if status == "running" and (assume_dead or runs.is_stale(run)):
-                    status = "interrupted"
-                if status in runs.TERMINAL:
-                    member["status"] = status
-                elif status == "unknown" and member["status"] == "completed":
-                    member["status"] = "missing"
-            members[index] = {k: member[k] for k in ("index", "overrides", "run", "status", "error") if k in member}
+        recs = records(sweep_dir)
+        for index in sorted(set(members) | set(recs)):
+            members[index] = _merged_member(sweep_dir, index, members.get(index), recs.get(index), assume_dead)
         data["members"] = [members[i] for i in sorted(members)]
         counts: dict[str, int] = {}
         for m in data["members"]:
@@ -140,6 +189,49 @@ def refresh(sweep_dir: Path, *, assume_dead: bool = False) -> dict:
         data["counts"] = counts
         runs.atomic_write_json(sweep_dir / SWEEP_FILE, data)
         return data
+
+
+def member_runs(sweep_dir: Path) -> dict[int, Path]:
+    """Each member's latest run folder, from sweep.json and the newer members/<i>.json (read only)."""
+    refs = {int(m.get("index", i)): m.get("run") for i, m in enumerate(read(sweep_dir).get("members") or [])
+            if isinstance(m, dict)}
+    refs.update({i: rec.get("run") for i, rec in records(sweep_dir).items() if rec.get("run")})
+    folders = {i: run_path(sweep_dir, ref) for i, ref in refs.items()}
+    return {i: f for i, f in sorted(folders.items()) if f is not None}
+
+
+def written_runs(sweep_dir: Path) -> list[tuple[int, Path, dict]]:
+    """(member index, run folder, owner) of each member run that a live process still writes."""
+    busy = []
+    for index, folder in member_runs(sweep_dir).items():
+        owner = runs.Run(folder).owner()
+        if owner is not None:
+            busy.append((index, folder, owner))
+    return busy
+
+
+def running_elsewhere(sweep_dir: Path) -> list[dict]:
+    """Records of members that other live processes (a launcher's workers) are still running."""
+    return [rec for rec in records(sweep_dir).values()
+            if rec.get("status") == "running" and rec.get("pid") != os.getpid() and not _pid_gone(rec)]
+
+
+# ---- stopping a sweep whose members run in other processes
+
+
+def request_stop(sweep_dir: Path, reason: str) -> None:
+    """Ask the members running in other processes to stop at their next step, and new ones not to start."""
+    runs.atomic_write_json(Path(sweep_dir) / STOP_FILE,
+                           {"pid": os.getpid(), "reason": reason, "at": runs.now_iso()})
+
+
+def stop_requested(sweep_dir: Path) -> bool:
+    return (Path(sweep_dir) / STOP_FILE).is_file()
+
+
+def clear_stop(sweep_dir: Path) -> None:
+    """Forget a past stop request (a new launch of the sweep begins)."""
+    (Path(sweep_dir) / STOP_FILE).unlink(missing_ok=True)
 
 
 def _write_record(sweep_dir: Path, index: int, record: dict) -> None:

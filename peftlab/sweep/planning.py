@@ -263,9 +263,9 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
         if given:
             direction = given[-1]
         else:
-            from peftlab.compare import LOWER_IS_BETTER
+            from peftlab.metrics import lower_is_better
 
-            direction = "minimize" if any(s in metric.lower() for s in LOWER_IS_BETTER) else "maximize"
+            direction = "minimize" if lower_is_better(metric) else "maximize"
     root = runs.runs_root(cfg.runs_dir)
     root = root if root.is_absolute() else Path.cwd() / root
     swept = [k for k, _ in dims]
@@ -273,13 +273,18 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
         if cfg.get("name") and "name" not in swept:
             name = str(cfg.name)
         else:
-            name = "-".join(k.replace("/", "_") for k in swept) or "sweep"
+            name = default_name(swept)
     extra = []
     if sweeper == OPTUNA and not any(_key(o) == "hydra.sweeper.direction" for o in hydra_ovr):
         extra.append(f"hydra.sweeper.direction={direction}")
     return Plan(overrides=task, hydra_overrides=hydra_ovr, config_dirs=config_dirs, sweeper=sweeper,
                 launcher=launcher, members=members, dims=dims, count=count, grid=grid, runs_root=root,
                 name=runs.check_name(name), metric=metric, direction=direction, extra=extra)
+
+
+def default_name(swept: Sequence[str]) -> str:
+    """The swept keys, sorted, joined with '-': the same folder whatever order they were typed in."""
+    return "-".join(sorted({k.replace("/", "_") for k in swept})) or "sweep"
 
 
 def _ours(user_hydra: Sequence[str], hydra_dir: Path) -> list[str]:
