@@ -38,12 +38,13 @@ max_length), so ``peftlab eval OUT`` can evaluate the export on the run's data.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import math
 import os
 import shutil
+import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,35 +88,84 @@ def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> Non
         raise UserError(f"output folder '{out}' is the current, home or root folder: pick a dedicated folder")
 
 
-def _staging(out: Path) -> Path:
-    """A fresh hidden folder next to ``out``, where the export is written before it is moved into place."""
-    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+def _staging_path(out: Path) -> Path:
+    """The hidden folder next to ``out`` where the export is written before it is moved into place."""
+    return out.parent / f".{out.name}.export-{os.getpid()}"
+
+
+def _make_staging(tmp: Path, out: Path) -> None:
     try:
-        if tmp.exists():
+        if tmp.exists():  # left by an earlier process with the same pid
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     except OSError as exc:
         raise UserError(f"cannot write the export next to '{out}' ({exc.strerror or exc}): pick a writable folder") from None
-    return tmp
 
 
 @contextlib.contextmanager
-def _staged(out: Path):
-    """Write into a staging folder; move it to ``out`` on success, remove it on any failure."""
-    tmp = _staging(out)
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then).
+
+    Moving folders into place and removing the staging folder take milliseconds;
+    cut in half by a second Ctrl-C they would leave a partial folder behind.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold them with
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """Write into a staging folder; move it to ``out`` on success, remove it on any failure or interrupt.
+
+    BaseException on purpose: Ctrl-C (and SIGTERM, which the CLI turns into
+    KeyboardInterrupt) must not leave a half-written copy of the model behind.
+    """
+    tmp = _staging_path(out)
+    try:
+        _make_staging(tmp, out)
         yield tmp
-        _publish(tmp, out)
+        _follow_umask(tmp)
+        with _signals_deferred():
+            _publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with _signals_deferred():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _follow_umask(folder: Path) -> None:
+    """Give every exported file the mode the umask allows (safetensors writes its files 0600)."""
+    from peftlab.runs import file_mode
+
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(file_mode())
+
+
 def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished export into place (replacing ``out`` only after everything is written)."""
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    """Move the finished export into place; a folder it replaces is moved aside first and removed last.
+
+    Each step is a rename, so ``out`` is at every moment either the old folder
+    (or absent) or the complete new one, never a mix.
+    """
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}" if out.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_info(exp: Experiment, run_path: Path, fmt: str) -> dict[str, Any]:
@@ -458,9 +508,12 @@ def export_info(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"'{path}' is not valid JSON: re-export the run") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise UserError(f"'{path}' does not hold the run's config: re-export the run")
+    return info
 
 
 def is_model_folder(folder: Path) -> bool:

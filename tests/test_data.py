@@ -250,6 +250,36 @@ def test_unsupported_extension(tmp_path):
     assert ".jsonl" in message
 
 
+@pytest.mark.parametrize("bad_line, why", [('{"sentence": "b", "category": ', "Expecting value"),
+                                           ('["b", "food"]', "a JSON list, not an object")])
+def test_broken_jsonl_line_is_named_without_library_log_lines(tmp_path, capfd, bad_line, why):
+    lines = [json.dumps(r) for r in ROWS]
+    lines.insert(3, bad_line)
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    message = _user_error(f"{path} line 4 is not a JSON object", path, text_field="sentence", label_field="category")
+    assert why in message
+    # datasets logs its own parse error before raising; that second line must not reach the terminal.
+    assert "Failed to load JSON" not in capfd.readouterr().err
+
+
+def test_datasets_log_level_is_restored_after_loading(tmp_path):
+    before = datasets.logging.get_verbosity()
+    load_text_classification(_write(tmp_path / "d.jsonl", ROWS), text_field="sentence", label_field="category")
+    assert datasets.logging.get_verbosity() == before
+
+
+def test_require_column_names_the_columns_and_the_closest():
+    from peftlab.data.loading import require_column
+
+    require_column("text_field", "text", ["text", "label"], "the built-in dataset")
+    with pytest.raises(UserError) as info:
+        require_column("label_field", "labl", ["text", "label"], "the built-in dataset")
+    message = str(info.value)
+    assert "dataset.label_field='labl'" in message and "columns: text, label" in message
+    assert "did you mean 'label'" in message and "the built-in dataset" in message
+
+
 def test_missing_text_column_lists_columns_and_the_fix(tmp_path):
     path = _write(tmp_path / "data.jsonl", ROWS)
     message = _user_error("'text'", path, label_field="category")

@@ -1,67 +1,223 @@
 """Every user mistake: one line naming the bad value and the fix, exit code 2, no traceback,
-and no run marked completed."""
+and no run marked completed.
+
+The catalogue below is run through the real command line, one subprocess per case,
+each in its own folder (its runs/ and data files), two cases at a time. Most cases
+fail before a model is loaded, so the whole catalogue takes about a minute.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from peftlab import runs
 from tests.conftest import peftlab
 
-
-@pytest.fixture
-def bad_csv(tmp_path):
-    path = tmp_path / "reviews.csv"
-    path.write_text("review,stars\nlovely,good\nawful,bad\nfine,good\nmeh,bad\n" * 5)
-    return path
+TINY = ("model=tiny", "trainer.max_steps=2")
 
 
-CASES = {
-    "unknown method": (["method=lorra"], ["lorra", "did you mean 'lora'"]),
-    "rank zero": (["method.rank=0"], ["method.rank=0", ">= 1"]),
-    "rank larger than the layer": (["model=tiny", "method.rank=65"], ["method.rank=65", "<= 64"]),
-    "targets match nothing": (["model=tiny", "method.target_modules=[nothing_here]"], ["nothing_here", "matches no Linear"]),
-    "unknown override key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "did you mean 'trainer.max_steps'"]),
-    "unknown root key": (["sed=3"], ["'sed'", "did you mean 'seed'"]),
-    "model path missing": (["model=hf", "model.name=./no/such/model"], ["./no/such/model", "does not exist"]),
-    "model name missing": (["model=hf"], ["model.name", "must be set"]),
-    "bad type": (["trainer.max_steps=many"], ["trainer.max_steps", "many"]),
-    "bad schedule": (["trainer.schedule=wavy"], ["trainer.schedule=wavy", "cosine"]),
-    "malformed override": (["method.rank=="], ["method.rank=="]),
-    "fp16 without a GPU": (["model=tiny", "trainer.precision=fp16", "trainer.cpu=true"], ["trainer.precision=fp16"]),
+@dataclasses.dataclass(frozen=True)
+class Case:
+    argv: tuple[str, ...]
+    needles: tuple[str, ...] = ()  # each must appear in the error line
+    setup: Callable[[Path, runs.Run], None] | None = None  # (the case's folder, a completed tiny run)
+
+
+def train(*args: str, needles: tuple[str, ...] = (), setup=None) -> Case:
+    return Case(("train", *args), needles, setup)
+
+
+# --------------------------------------------------------------------------- setups
+
+
+def write(name: str, text: str) -> Callable[[Path, runs.Run], None]:
+    def setup(folder: Path, _run: runs.Run) -> None:
+        (folder / name).write_text(text)
+    return setup
+
+
+def store(folder: Path, run: runs.Run) -> runs.Run:
+    """A copy of the tiny run in this case's runs/ (as runs/tiny/v1)."""
+    shutil.copytree(run.path, folder / "runs" / "tiny" / "v1")
+    return runs.Run(folder / "runs" / "tiny" / "v1")
+
+
+def damaged(hurt: Callable[[runs.Run], object]) -> Callable[[Path, runs.Run], None]:
+    def setup(folder: Path, run: runs.Run) -> None:
+        hurt(store(folder, run))
+    return setup
+
+
+def _cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _unfinished(run: runs.Run) -> None:
+    shutil.rmtree(run.adapter_dir)
+    run.summary_path.unlink()
+    meta = json.loads(run.meta_path.read_text())
+    run.meta_path.write_text(json.dumps({**meta, "status": "failed"}))
+
+
+CSV = "review,stars\n" + "lovely,good\nawful,bad\n" * 10
+
+CASES: dict[str, Case] = {
+    # config
+    "unknown method": train("method=lorra", needles=("lorra", "did you mean 'lora'")),
+    "unknown model": train("model=tinny", needles=("tinny", "did you mean 'tiny'")),
+    "unknown dataset": train("dataset=stdlib", needles=("stdlib", "stdlib_docs")),
+    "unknown regularizer": train("regularizer=[l3]", needles=("l3", "l2_pretrained")),
+    "unknown key": train("trainer.max_stepz=3", needles=("trainer.max_stepz", "did you mean 'trainer.max_steps'")),
+    "unknown root key": train("sed=3", needles=("'sed'", "did you mean 'seed'")),
+    "steps not a number": train("trainer.max_steps=many", needles=("trainer.max_steps", "many")),
+    "lr not a number": train("optimizer.lr=fast", needles=("optimizer.lr", "fast")),
+    "unknown schedule": train("trainer.schedule=wavy", needles=("trainer.schedule=wavy", "cosine")),
+    "malformed override": train("method.rank==", needles=("method.rank==",)),
+    "rank zero": train(*TINY, "method.rank=0", needles=("method.rank=0", ">= 1")),
+    "rank larger than the layer": train(*TINY, "method.rank=65", needles=("method.rank=65", "<= 64")),
+    "targets match nothing": train(*TINY, "method.target_modules=[nothing_here]", needles=("nothing_here",)),
+    "lr zero": train("optimizer.lr=0", needles=("optimizer.lr=0", "> 0")),
+    "lr negative": train("optimizer.lr=-0.001", needles=("optimizer.lr=-0.001", "> 0")),
+    "batch size zero": train("trainer.batch_size=0", needles=("trainer.batch_size=0", ">= 1")),
+    "max_steps zero": train("trainer.max_steps=0", needles=("trainer.max_steps=0", ">= 1")),
+    "fp16 on the CPU": train(*TINY, "trainer.precision=fp16", "trainer.cpu=true", needles=("trainer.precision=fp16",)),
+    "name with a slash": train(*TINY, "name=a/b", needles=("name='a/b'",)),
+    "model path missing": train("model=hf", "model.name=./no/such/model", needles=("./no/such/model", "does not exist")),
+    "model name missing": train("model=hf", needles=("model.name", "must be set")),
+    "builtin text column": train(*TINY, "dataset.text_field=no_such_column", needles=("no_such_column", "label")),
+    "builtin label column": train(*TINY, "dataset.label_field=labl", needles=("labl", "did you mean 'label'")),
+    # data files
+    "data file missing": train(*TINY, "dataset=hf", "dataset.path=./missing.csv", needles=("./missing.csv", "does not exist")),
+    "empty csv": train(*TINY, "dataset=hf", "dataset.path=./empty.csv", needles=("empty.csv", "empty"),
+                       setup=write("empty.csv", "review,stars\n")),
+    "csv without the label column": train(
+        *TINY, "dataset=hf", "dataset.path=./reviews.csv", "dataset.text_field=review",
+        needles=("dataset.label_field='label'", "columns: review, stars"), setup=write("reviews.csv", CSV)),
+    "unknown text column": train(
+        *TINY, "dataset=hf", "dataset.path=./reviews.csv", "dataset.text_field=revew", "dataset.label_field=stars",
+        needles=("revew", "did you mean 'review'"), setup=write("reviews.csv", CSV)),
+    "jsonl with a broken line": train(
+        *TINY, "dataset=hf", "dataset.path=./data.jsonl", needles=("data.jsonl line 2",),
+        setup=write("data.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": \n')),
+    "unknown file extension": train(*TINY, "dataset=hf", "dataset.path=./data.xlsx", needles=("'.xlsx'", ".csv"),
+                                    setup=write("data.xlsx", "not a spreadsheet")),
+    # commands on runs that do not exist
+    "show unknown run": Case(("show", "nope"), ("unknown run 'nope'",)),
+    "eval unknown run": Case(("eval", "tinny"), ("tinny", "did you mean 'tiny'"), store),
+    "export unknown run": Case(("export", "nope", "out"), ("unknown run 'nope'",)),
+    "analyze unknown run": Case(("analyze", "tiny/v7"), ("v7", "v1"), store),
+    # damaged run folders
+    "show: meta.json not JSON": Case(("show", "tiny"), ("meta.json",), damaged(lambda r: r.meta_path.write_text("{"))),
+    "runs: meta.json a list": Case(("runs",), ("meta.json",), damaged(lambda r: r.meta_path.write_text("[]"))),
+    "show: summary.json not an object": Case(("show", "tiny"), ("summary.json",),
+                                             damaged(lambda r: r.summary_path.write_text("3"))),
+    "eval: adapter weights missing": Case(("eval", "tiny"), ("adapter.safetensors",),
+                                          damaged(lambda r: (r.adapter_dir / "adapter.safetensors").unlink())),
+    "export: adapter weights truncated": Case(("export", "tiny", "out"), ("adapter.safetensors", "truncated"),
+                                              damaged(lambda r: _cut(r.adapter_dir / "adapter.safetensors", -10))),
+    "analyze: adapter_config.json not JSON": Case(("analyze", "tiny"), ("adapter_config.json",),
+                                                  damaged(lambda r: (r.adapter_dir / "adapter_config.json").write_text("{"))),
+    "export: run never finished": Case(("export", "tiny", "out"), ("tiny/v1", "resume"), damaged(_unfinished)),
+    # sweeps
+    "sweep malformed grid": Case(("sweep", "model=tiny", "method.rank=4,,8"), ("method.rank=4,,8",)),
+    "sweep without values": Case(("sweep", "model=tiny", "seed=range(3,3)"), ("seed=range(3,3)",)),
+    "sweep continue of a run": Case(("sweep", "--continue", "runs/tiny/v1"), ("runs/tiny/v1", "sweep.json"), store),
+    # compare
+    "compare missing path": Case(("compare", "./nowhere"), ("nowhere",)),
+    "compare bad --where": Case(("compare", "runs", "--where", "method.rank>>8"), ("method.rank>>8",), store),
+    "compare unknown --metric": Case(("compare", "runs", "--metric", "acuracy"), ("acuracy", "did you mean 'accuracy'"),
+                                     store),
+    "compare unknown --format": Case(("compare", "runs", "--format", "yaml"), ("yaml", "markdown"), store),
 }
 
+PARAMS = list(CASES)
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_user_mistake_is_one_line_and_exit_2(case, runs_dir):
-    args, needles = CASES[case]
-    result = peftlab("train", *args, "trainer.max_steps=2" if "trainer.max_steps" not in " ".join(args) else "-q")
-    assert result.returncode == 2, (result.stdout, result.stderr)
+
+# --------------------------------------------------------------------------- running the catalogue
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> runs.Run:
+    """A completed run folder as training leaves it, written directly (training one would take longer
+    than the whole catalogue's mistakes, which all stop before a model is loaded)."""
+    from omegaconf import OmegaConf
+    from safetensors.numpy import save_file
+
+    from peftlab.config import compose
+
+    cfg = compose(list(TINY))
+    run = runs.allocate(tmp_path_factory.mktemp("tiny-runs"), "tiny")
+    run.write_meta(**runs.new_meta(["peftlab", "train", *TINY], seed=0, device="cpu"), choices={"method": "lora"})
+    run.write_config(OmegaConf.to_yaml(cfg, resolve=True), list(TINY))
+    run.write_summary({"test": {"accuracy": 0.5, "f1_macro": 0.4, "loss": 1.9}, "metric": "accuracy", "steps": 2})
+    run.adapter_dir.mkdir()
+    weights = {"classifier.weight": np.zeros((7, 64), dtype=np.float32)}
+    save_file(weights, str(run.adapter_dir / "adapter.safetensors"))
+    info = {"config": OmegaConf.to_container(cfg, resolve=True), "labels": [str(i) for i in range(7)],
+            "parameters": sorted(weights), "source": "tiny"}
+    (run.adapter_dir / "adapter_config.json").write_text(json.dumps(info))
+    run.set_status("completed")
+    return run
+
+
+def completed(root: Path) -> set[Path]:
+    return {run.path for run in runs.list_runs(root) if run.status == "completed"}
+
+
+def run_case(name: str, folder: Path, tiny: runs.Run) -> tuple[subprocess.CompletedProcess, set[Path], set[Path]]:
+    """``(result, completed runs before, after)`` of one case, run in its own folder."""
+    case = CASES[name]
+    folder.mkdir(parents=True)
+    if case.setup is not None:
+        case.setup(folder, tiny)
+    before = completed(folder / "runs")
+    result = peftlab(*case.argv, cwd=folder, env={"PEFTLAB_RUNS_DIR": str(folder / "runs"), "OMP_NUM_THREADS": "1"},
+                     timeout=300)
+    return result, before, completed(folder / "runs")
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tiny_run, tmp_path_factory) -> dict:
+    """Run the selected cases two at a time (each mostly waits on imports and the interpreter)."""
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_bad_input_is_one_line_exit_2" and hasattr(item, "callspec")]
+    base = tmp_path_factory.mktemp("catalogue")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {n: pool.submit(run_case, n, base / f"case{i}", tiny_run) for i, n in enumerate(selected)}
+        return {n: f.result() for n, f in futures.items()}
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_bad_input_is_one_line_exit_2(outcomes, name):
+    result, before, after = outcomes[name]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert result.returncode == 2, (result.returncode, result.stdout[-1000:], result.stderr[-1000:])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    # Mistakes are caught before a run folder is made, so nothing is left behind at all.
-    assert not runs_dir.exists() or not runs.list_runs(runs_dir)
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for needle in CASES[name].needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert after <= before, sorted(after - before)  # no run was marked completed
 
 
-def test_missing_dataset_column_names_the_columns(runs_dir, bad_csv):
-    result = peftlab("train", "model=tiny", "dataset=hf", f"dataset.path={bad_csv}", "dataset.text_field=text",
-                     "dataset.label_field=stars", "trainer.max_steps=2")
-    assert result.returncode == 2
-    line = result.stderr.strip()
-    assert "\n" not in line and "text" in line and "review" in line
-    assert not runs_dir.exists() or not runs.list_runs(runs_dir)
+def test_catalogue_covers_enough_mistakes():
+    assert len(CASES) >= 30
 
 
-def test_local_csv_with_column_mapping_trains(runs_dir, bad_csv):
-    result = peftlab("train", "model=tiny", "dataset=hf", f"dataset.path={bad_csv}", "dataset.text_field=review",
+def test_local_csv_with_column_mapping_trains(runs_dir, tmp_path):
+    data = tmp_path / "reviews.csv"
+    data.write_text(CSV)
+    result = peftlab("train", "model=tiny", "dataset=hf", f"dataset.path={data}", "dataset.text_field=review",
                      "dataset.label_field=stars", "trainer.max_steps=3", "trainer.batch_size=4", "-q")
     assert result.returncode == 0, result.stderr
     assert runs.list_runs(runs_dir)[0].status == "completed"
 
-
-def test_show_unknown_run_is_one_line(runs_dir):
-    result = peftlab("show", "nope")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

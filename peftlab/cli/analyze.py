@@ -8,6 +8,7 @@ import typer
 
 from peftlab.cli.app import app
 from peftlab.cli.common import console
+from peftlab.run_files import check_trained
 
 
 @app.command("analyze")
@@ -27,6 +28,7 @@ def analyze_command(
     if top_k < 1 or not 0 < epsilon < 1:
         raise UserError(f"--top-k={top_k} --epsilon={epsilon}: use --top-k >= 1 and 0 < --epsilon < 1")
     target = runs.resolve(run, runs.runs_root(runs_dir))
+    check_trained(target)  # before torch: a damaged folder is one line, not a library's traceback
     from peftlab.analysis.run import analyze_experiment
     from peftlab.experiment import load_trained
 

@@ -9,6 +9,7 @@ import typer
 
 from peftlab.cli.app import app
 from peftlab.cli.common import console
+from peftlab.run_files import check_trained
 
 SPLITS = ("test", "validation", "train")
 
@@ -40,29 +41,13 @@ def eval_command(
     from peftlab.export import is_model_folder, is_peft_folder
 
     if folder.is_dir() and (is_model_folder(folder) or is_peft_folder(folder)):
-        cfg = None
-        if run is not None:
-            from omegaconf import OmegaConf
-
-            source = runs.resolve(run, root)
-            if not (source.path / "config.yaml").is_file():
-                raise UserError(f"run '{run}' has no config.yaml: pick a run that started training")
-            cfg = OmegaConf.load(source.path / "config.yaml")
-        from peftlab.export import evaluate_model, load_export
-
-        model, tokenizer, cfg, max_length = load_export(folder, cfg)
-        metrics = evaluate_model(model, tokenizer, cfg, max_length, split, batch_size)
+        metrics = _evaluate_export(folder, run, root, split, batch_size)
         label = str(folder)
     else:
         if run is not None:
             raise UserError("--run is for exported folders; a run is evaluated on its own data")
         target = runs.resolve(path, root)
-        from peftlab.experiment import load_trained
-        from peftlab.export import evaluate_split
-
-        exp = load_trained(target.path, with_data=True)
-        metrics = evaluate_split(exp.model, exp.tokenizer, exp.splits, split, len(exp.labels),
-                                 batch_size or int(exp.cfg.trainer.eval_batch_size))
+        metrics = _evaluate_run(target, split, batch_size)
         label = target.label
     if as_json:
         print(json.dumps({"split": split, **metrics}))
@@ -70,3 +55,43 @@ def eval_command(
     console.print(f"{label} [{split}, {metrics['examples']} examples]: loss {metrics['loss']:.4f}  "
                   f"accuracy {metrics['accuracy']:.4f}  f1_macro {metrics['f1_macro']:.4f}", markup=False, highlight=False,
                   soft_wrap=True)
+
+
+def _evaluate_export(folder, run: Optional[str], root, split: str, batch_size: Optional[int]) -> dict:
+    """An exported folder, on the data of ``run`` (or of the run recorded in the folder)."""
+    from peftlab.export import evaluate_model, load_export
+
+    cfg = _run_config(run, root) if run is not None else None
+    model, tokenizer, cfg, max_length = load_export(folder, cfg)
+    return evaluate_model(model, tokenizer, cfg, max_length, split, batch_size)
+
+
+def _run_config(run: str, root):
+    """The resolved config.yaml of ``run``; a missing or damaged one is a UserError."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from peftlab import runs
+    from peftlab.errors import UserError
+
+    source = runs.resolve(run, root)
+    path = source.path / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"run '{run}' has no config.yaml: pick a run that started training")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - YAML and OmegaConf raise many types for a damaged file
+        raise UserError(f"'{path}' cannot be read ({str(exc).splitlines()[0]}): pick another run with --run") from None
+    if not isinstance(cfg, DictConfig) or "dataset" not in cfg:
+        raise UserError(f"'{path}' is not a run's resolved config (no dataset): pick another run with --run")
+    return cfg
+
+
+def _evaluate_run(target, split: str, batch_size: Optional[int]) -> dict:
+    """A run's own trained model, on its own data."""
+    check_trained(target)  # before torch: a damaged folder is one line, not a library's traceback
+    from peftlab.experiment import load_trained
+    from peftlab.export import evaluate_split
+
+    exp = load_trained(target.path, with_data=True)
+    return evaluate_split(exp.model, exp.tokenizer, exp.splits, split, len(exp.labels),
+                          batch_size or int(exp.cfg.trainer.eval_batch_size))

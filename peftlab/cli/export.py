@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Optional
 
 import typer
 
 from peftlab.cli.app import app
 from peftlab.cli.common import console
+from peftlab.run_files import check_trained
 
 FORMATS = ("peft", "merged")
 
@@ -27,6 +32,21 @@ def export_command(
     from pathlib import Path
 
     from peftlab import runs
+    from peftlab.export import check_output
+
+    _check_options(fmt, rank)
+    warnings.filterwarnings("ignore")  # library deprecation notes do not concern the user (as in train)
+    target = runs.resolve(run, runs.runs_root(runs_dir))
+    out_path = Path(out).expanduser()
+    # Fail before loading anything (and before importing torch).
+    check_trained(target)
+    check_output(out_path, force=force, run_path=target.path)
+    with sigterm_interrupts():
+        _export(target, out_path, fmt, rank, force)
+    say(f"written: {out_path}")
+
+
+def _check_options(fmt: str, rank: Optional[int]) -> None:
     from peftlab.errors import UserError, did_you_mean
 
     if fmt not in FORMATS:
@@ -35,34 +55,49 @@ def export_command(
         raise UserError(f"--rank {rank} is not allowed: use an integer >= 1")
     if rank is not None and fmt != "peft":
         raise UserError("--rank applies to --format peft only")
-    warnings.filterwarnings("ignore")  # library deprecation notes do not concern the user (as in train)
-    target = runs.resolve(run, runs.runs_root(runs_dir))
-    out_path = Path(out).expanduser()
-    from peftlab.export import check_output
 
-    # Fail before loading anything (and before importing torch).
-    if not (target.adapter_dir / "adapter_config.json").is_file():
-        raise UserError(f"run '{target.label}' has no adapter (status: {target.status}; it did not finish): "
-                        f"resume it with `peftlab train resume={target.label}` or pick another run")
-    check_output(out_path, force=force, run_path=target.path)
+
+def _export(target, out_path, fmt: str, rank: Optional[int], force: bool) -> None:
+    """Load the run's model and write it (into a staging folder that is removed if anything stops it)."""
     from peftlab.experiment import load_trained
     from peftlab.export import write_merged, write_peft
 
     exp = load_trained(target.path)
-    if fmt == "peft":
-        report = write_peft(exp, target.path, out_path, rank=rank, force=force)
-        how = {"native-lora": "LoRA factors as trained", "native-dora": "DoRA factors and magnitudes as trained",
-               "factorized": "SVD factors of each layer's weight change"}[report["path"]]
-        say(f"PEFT adapter ({how}): r={report['rank']}, {len(report['layers'])} layers; relative error "
-            f"max {report['max_relative_error']:.2e}, mean {report['mean_relative_error']:.2e}"
-            + ("" if report["exact"] else " (truncated: raise --rank for a closer export)"))
-        if exp.cfg.model.get("random_init", False):
-            say("note: this run's base model is randomly initialised (model.random_init=true); "
-                "the adapter only fits that same random model")
-    else:
+    if fmt == "merged":
         report = write_merged(exp, target.path, out_path, force=force)
         say(f"merged model: {report['layers_merged']} adapted layers folded into their weights")
-    say(f"written: {out_path}")
+        return
+    report = write_peft(exp, target.path, out_path, rank=rank, force=force)
+    how = {"native-lora": "LoRA factors as trained", "native-dora": "DoRA factors and magnitudes as trained",
+           "factorized": "SVD factors of each layer's weight change"}[report["path"]]
+    say(f"PEFT adapter ({how}): r={report['rank']}, {len(report['layers'])} layers; relative error "
+        f"max {report['max_relative_error']:.2e}, mean {report['mean_relative_error']:.2e}"
+        + ("" if report["exact"] else " (truncated: raise --rank for a closer export)"))
+    if exp.cfg.model.get("random_init", False):
+        say("note: this run's base model is randomly initialised (model.random_init=true); "
+            "the adapter only fits that same random model")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt for the duration, as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, skipping every cleanup,
+    so a killed export would leave its half-written staging folder behind; as an
+    exception it unwinds through the staging context, which removes it.
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def say(text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -12,6 +13,7 @@ from rich.table import Table
 from peftlab import runs as store
 from peftlab.cli.app import app
 from peftlab.cli.common import console
+from peftlab.run_files import run_problem
 
 DEFAULT_LIMIT = 50
 STATUS_STYLE = {
@@ -20,6 +22,9 @@ STATUS_STYLE = {
     "failed": "red",
     "interrupted": "magenta",
 }
+
+
+# --------------------------------------------------------------------------- the table
 
 
 def status_text(run: store.Run) -> str:
@@ -89,6 +94,14 @@ def runs_command(
         )
         return
     shown = runs if show_all else runs[:DEFAULT_LIMIT]
+    damaged = {run: problem for run in shown if (problem := run_problem(run)) is not None}
+    console.print(_table(shown, root, damaged))
+    if len(shown) < len(runs):
+        console.print(f"[dim]showing the {len(shown)} newest of {len(runs)} runs; --all lists every run[/dim]")
+    _report_damage(damaged)
+
+
+def _table(shown: list[store.Run], root: Path, damaged: dict[store.Run, str]) -> Table:
     rows = []
     metrics = set()
     for run in shown:
@@ -125,11 +138,20 @@ def runs_command(
         table.add_row(
             escape(run.name),
             escape(run.version),
-            status_text(run),
+            "[red]damaged[/red]" if run in damaged else status_text(run),
             escape(method_name(run, config)),
             escape(shown_value),
             store.age(run.started_at),
         )
-    console.print(table)
-    if len(shown) < len(runs):
-        console.print(f"[dim]showing the {len(shown)} newest of {len(runs)} runs; --all lists every run[/dim]")
+    return table
+
+
+def _report_damage(damaged: dict[store.Run, str]) -> None:
+    """The listing shows every run; damaged folders then make it one error line and exit code 2."""
+    from peftlab.errors import UserError
+
+    if not damaged:
+        return
+    first, *others = damaged.values()
+    more = "" if not others else f" ({len(others)} more damaged: {', '.join(r.label for r in list(damaged)[1:])})"
+    raise UserError(first + more)

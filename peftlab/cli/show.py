@@ -13,6 +13,8 @@ from peftlab import runs as store
 from peftlab.cli.app import app
 from peftlab.cli.common import console
 from peftlab.cli.runs import fmt, method_name, status_text
+from peftlab.errors import UserError
+from peftlab.run_files import run_problem
 
 LAST_METRICS = 5
 # Leaves that describe a component rather than configure it; not worth a diff row.
@@ -181,6 +183,9 @@ def show_command(
 ) -> None:
     """Show one run: status, paths, provenance, config changes, results and the last metrics."""
     run = store.resolve(run_spec, store.runs_root(runs_dir))
+    problem = run_problem(run)  # a damaged meta.json or summary.json would otherwise show as "unknown" / "no summary"
+    if problem is not None:
+        raise UserError(problem)
     meta = run.meta
 
     console.print(f"[bold cyan]{escape(run.label)}[/bold cyan]  {status_text(run)}  [dim]{escape(method_name(run))}[/dim]")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -50,16 +51,21 @@ _SPLIT_FILE = re.compile(r"^(?P<name>[a-z]+)(?:[-_.].*)?$")
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """Hide datasets' own progress bars for the duration, then restore them.
+    """Hide datasets' own progress bars and log lines for the duration, then restore them.
 
     peftlab shows its own progress; a dozen "Map: 100%" bars for a small
-    dataset are noise. Restoring keeps the switch local to peftlab's calls.
+    dataset are noise. datasets also logs a parse failure before raising it,
+    which would put a second line next to peftlab's one-line error.
+    Restoring keeps the switch local to peftlab's calls.
     """
     was_enabled = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if was_enabled:
             datasets.enable_progress_bars()
 
@@ -208,9 +214,38 @@ def _read_files(files: list[Path], shown: str, role: str) -> datasets.Dataset:
         if "corresponds to no data" in str(exc):
             # datasets cannot build a split with no rows (e.g. a CSV with only a header).
             raise _empty_split(role, role, shown) from exc
-        raise UserError(
-            f"could not read {files[0]}: {_root_cause(exc)}; check that the file is valid"
-        ) from exc
+        raise _unreadable(files, exc) from exc
+
+
+def _unreadable(files: list[Path], exc: BaseException) -> UserError:
+    """The error for a data file datasets cannot parse, naming the bad line of a JSON-lines file."""
+    for file in files:
+        bad = _first_bad_json_line(file) if _extension(file) == ".jsonl" else None
+        if bad is not None:
+            number, why = bad
+            return UserError(
+                f"{file} line {number} is not a JSON object ({why}); fix or remove that line "
+                f"(a .jsonl file holds one JSON object per line)"
+            )
+    return UserError(f"could not read {files[0]}: {_root_cause(exc)}; check that the file is valid")
+
+
+def _first_bad_json_line(file: Path) -> tuple[int, str] | None:
+    """``(line number, reason)`` of the first non-blank line that is not a JSON object, or None."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return number, exc.msg
+                if not isinstance(record, dict):
+                    return number, f"a JSON {type(record).__name__}, not an object"
+    except (OSError, UnicodeDecodeError):
+        return None  # not text: the generic message says what datasets found
+    return None
 
 
 def _split_of(file: Path) -> str | None:
@@ -338,11 +373,7 @@ def _select_columns(
     columns = ds.column_names
     chosen: dict[str, str] = {}
     for target, (option, column) in fields.items():
-        if column not in columns:
-            raise UserError(
-                f"dataset.{option}={column!r} is not a column of {source} split {split!r} "
-                f"(columns: {', '.join(columns)}){did_you_mean(column, columns)}; set dataset.{option}=<column>"
-            )
+        require_column(option, column, columns, f"{source} split {split!r}")
         if column in chosen.values():
             other = next(o for t, (o, c) in fields.items() if c == column and t in chosen)
             raise UserError(f"dataset.{option}={column!r} is also dataset.{other}; give each its own column")
@@ -354,6 +385,15 @@ def _select_columns(
         if target in chosen:
             _check_text_column(ds, target, fields[target], source, split)
     return ds
+
+
+def require_column(option: str, column: str, columns: list[str], where: str) -> None:
+    """A UserError naming ``dataset.<option>``, the columns there are and the closest one, unless present."""
+    if column not in columns:
+        raise UserError(
+            f"dataset.{option}={column!r} is not a column of {where} "
+            f"(columns: {', '.join(columns)}){did_you_mean(column, columns)}; set dataset.{option}=<column>"
+        )
 
 
 def _check_text_column(
