@@ -1,0 +1,77 @@
+"""The README's commands work as written: they parse in a shell, name real commands and options,
+compose valid configs, and the folders they point at are the folders the lab makes."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from peftlab.config import compose
+from tests.conftest import peftlab
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def commands() -> list[list[str]]:
+    """Every ``peftlab ...`` line of the README's bash blocks, split as a POSIX shell would."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    found = []
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith("peftlab"):
+                found.append(shlex.split(line, comments=True))
+    return found
+
+
+def test_the_readme_shows_commands():
+    assert len(commands()) >= 20
+
+
+def test_no_argument_is_a_shell_pattern_or_redirection():
+    for argv in commands():
+        for arg in argv:
+            # unquoted, a shell would glob [..] (zsh refuses it) and take > or < as a redirection
+            assert not re.search(r"(^|=)[^'\"]*\[[^\]]*\]", arg) or arg in _quoted_in_readme(), argv
+            assert ">" not in arg and "<" not in arg or arg in _quoted_in_readme() or _placeholder(arg), argv
+
+
+def _quoted_in_readme() -> set[str]:
+    text = README.read_text()
+    return set(re.findall(r"'([^']*)'", text)) | set(re.findall(r'"([^"]*)"', text))
+
+
+def _placeholder(arg: str) -> bool:
+    return bool(re.search(r"<[a-z-]+>", arg))
+
+
+def test_every_train_command_of_the_tour_composes():
+    tour = README.read_text().split("## A short tour", 1)[1].split("###", 1)[0]
+    lines = [shlex.split(x.strip(), comments=True) for x in tour.splitlines() if x.strip().startswith("peftlab train")]
+    assert len(lines) >= 5
+    for argv in lines:
+        overrides = [a for a in argv[2:] if not a.startswith("-") and not a.startswith("resume=")]
+        compose(overrides)  # raises a one-line UserError on any unknown key or option
+
+
+def test_every_command_exists(runs_dir):
+    names = {argv[1] for argv in commands() if len(argv) > 1 and not argv[1].startswith("-")}
+    result = peftlab("--help")
+    for name in names:
+        assert re.search(rf"\b{name}\b", result.stdout), f"README uses `peftlab {name}`, which --help does not list"
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_sweep_folder_the_readme_compares_is_the_one_the_readme_sweep_makes(runs_dir, shuffle):
+    sweep = next(a for a in commands() if a[1] == "sweep" and "--jobs" in a)
+    compare = next(a for a in commands() if a[1] == "compare" and "runs/sweeps/" in a[2] and "<" not in a[2])
+    args = [a for a in sweep[2:] if "=" in a]
+    if shuffle:  # folder names do not depend on the order of the arguments
+        args = args[::-1]
+    dry = peftlab("sweep", *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    name = re.search(r"sweep (\S+):", dry.stdout).group(1)
+    assert compare[2] == f"runs/sweeps/{name}/v1"
