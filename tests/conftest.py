@@ -12,6 +12,9 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_cache(tmp_path_factory):
     os.environ["PEFTLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("peftlab-cache"))
+    # The user's run store never leaks into a test, not even into module-scoped fixtures
+    # (which are set up before the per-test `runs_dir` below).
+    os.environ.pop("PEFTLAB_RUNS_DIR", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
