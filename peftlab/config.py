@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from peftlab.errors import UserError, did_you_mean
 
-GROUPS = ("model", "dataset", "method", "regularizer", "optimizer", "trainer")
+GROUPS = ("task", "model", "dataset", "method", "regularizer", "optimizer", "trainer")
 # Keys that describe a component for `peftlab ls`; they are not constructor arguments.
 META_KEYS = ("description", "paper", "default_lr", "_target_")
 
@@ -198,6 +198,7 @@ class TrainerSchema:
     select: str = "best"
     nonfinite: str = "fail"
     max_consecutive_skips: int = 10
+    gradient_checkpointing: bool = False
 
 
 @dataclasses.dataclass
@@ -211,7 +212,7 @@ class RootSchema:
 
 # (path, predicate, what is allowed)
 RANGE_RULES: list[tuple[str, Any, str]] = [
-    ("trainer.max_steps", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.max_steps", lambda v: v >= 0, "an integer >= 0 (0: evaluate the untrained model)"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.grad_accum", lambda v: v >= 1, "an integer >= 1"),
@@ -275,8 +276,8 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise UserError(f"{path}={value} is not allowed: use {allowed}")
-    for group in ("model", "dataset", "method", "optimizer"):
-        if "_target_" not in cfg[group]:
+    for group in ("task", "model", "dataset", "method", "optimizer"):
+        if group in cfg and "_target_" not in cfg[group]:
             raise UserError(f"config group '{group}' has no _target_: name the class or function that builds it")
     if cfg.get("name"):
         from peftlab.runs import check_name

@@ -13,15 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
-def make_loader(dataset: Any, tokenizer: Any, batch_size: int, batches: Any = None) -> DataLoader:
-    """A DataLoader padding each batch to its longest sequence.
+def make_loader(dataset: Any, collate: Any, batch_size: int, batches: Any = None) -> DataLoader:
+    """A DataLoader whose ``collate`` pads each batch (the task's collator).
 
     ``batches`` is an optional list of index lists (the training order); without
     it the split is read in order.
     """
-    from transformers import DataCollatorWithPadding
-
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     # A private generator: iterating a DataLoader otherwise draws its base seed from the
     # global RNG, which shifts the dropout stream and breaks exact resumption.
     private = torch.Generator()

@@ -27,11 +27,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from peftlab.config import build, regularizer_nodes
-from peftlab.data.tokenize import label_names, tokenize_splits
 from peftlab.errors import UserError
 from peftlab.runs import atomic_write_json, write_bytes
 from peftlab.methods.base import Adapter, Method, adapted_layers, trainable_parameters
 from peftlab.models import LoadedModel
+from peftlab.tasks.base import Task
 
 ADAPTER_FILE = "adapter.safetensors"
 METHOD_STATE_FILE = "method_state.safetensors"
@@ -45,7 +45,7 @@ class Experiment:
     loaded: LoadedModel
     method: Method
     regularizers: list
-    labels: list[str]
+    task: Task
     splits: Any = None  # tokenized DatasetDict (train/validation/test), None when built without data
 
     @property
@@ -56,16 +56,40 @@ class Experiment:
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
 
+    @property
+    def labels(self) -> list[str]:
+        """Class names (empty for tasks without classes)."""
+        return self.task.labels
+
+
+#: Runs made before tasks existed were all sequence classification.
+_CLASSIFICATION = {"_target_": "peftlab.tasks.classification.Classification"}
+
+
+def build_task(cfg: DictConfig) -> Task:
+    node = cfg.get("task")
+    if node is None:
+        return build(OmegaConf.create({**_CLASSIFICATION, "metric": str(cfg.trainer.metric)}))
+    return build(node)
+
 
 def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[str] | None = None) -> Experiment:
-    """Data (tokenized, cached), model, adapted by the method, and the regularizers."""
-    splits = None
-    if labels is None or with_data:
+    """Data (tokenized, cached), model with the task's head, adapted by the method, and the regularizers.
+
+    ``labels`` (the class names a trained run recorded) spare reading the dataset
+    when ``with_data`` is false.
+    """
+    task = build_task(cfg)
+    task.check_metric(str(cfg.trainer.metric))
+    raw = None
+    if with_data or labels is None:
         raw = build(cfg.dataset, seed=int(cfg.seed))
-        labels = label_names(raw)
-    loaded: LoadedModel = build(cfg.model, num_labels=len(labels), seed=int(cfg.seed))
-    if with_data:
-        splits = tokenize_splits(raw, loaded.tokenizer, loaded.max_length)
+        task.read_labels(raw)
+    if labels is not None:
+        task.load_state({"labels": labels})
+    loaded: LoadedModel = build(cfg.model, head=task.head, seed=int(cfg.seed), **task.model_kwargs())
+    task.check_model(loaded.model, str(cfg.model.get("name")))
+    splits = task.tokenize(raw, loaded.tokenizer, loaded.max_length) if with_data else None
     method: Method = build(cfg.method)
     torch.manual_seed(int(cfg.seed))  # adapter inits (e.g. LoRA's A) are drawn from the run's seed
     method.prepare(loaded.model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules)
@@ -74,7 +98,7 @@ def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[st
         reg = build(node, name=name)
         reg.setup(loaded.model, method)
         regularizers.append(reg)
-    return Experiment(cfg, loaded, method, regularizers, list(labels), splits)
+    return Experiment(cfg, loaded, method, regularizers, task, splits)
 
 
 def parameter_table(model: nn.Module) -> list[dict[str, Any]]:

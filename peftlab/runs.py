@@ -283,6 +283,11 @@ class Run:
         return self.path / "checkpoints"
 
     @property
+    def generations_dir(self) -> Path:
+        """What a generative task's model said: one JSON-lines file per evaluated split and step."""
+        return self.path / "generations"
+
+    @property
     def best_dir(self) -> Path:
         """The best-validation weights so far, while the run trains (``trainer.select=best``)."""
         return self.path / "best"

@@ -11,8 +11,11 @@ and checkpoint intervals: losses and token counts accumulate on the device.
 What a run reports is chosen on validation: with ``trainer.select=best`` (the
 default) the weights of the best validation pass are kept (``best/`` while
 training, ``adapter/`` at the end) and the test split is evaluated on them;
-``trainer.select=final`` keeps the last step. Test is measured, never used to
-choose. A non-finite loss fails the run (see :mod:`peftlab.nonfinite`).
+``trainer.select=final`` keeps the last step; a tie on the key metric goes to
+the lower validation loss. Test is measured, never used to choose. A
+non-finite loss fails the run (see :mod:`peftlab.nonfinite`). What the run
+learns (classification, causal LM) is its task's business (:mod:`peftlab.tasks`):
+the task computes the loss, pads the batches and evaluates.
 
 Signals become a request honoured between steps (see :mod:`peftlab.stopping`):
 the run is checkpointed at that boundary and ``peftlab train resume=RUN``
@@ -36,7 +39,7 @@ from peftlab import checkpoints, runs, stopping
 from peftlab.metrics import lower_is_better
 from peftlab.data.order import batch_order
 from peftlab.errors import RunInterrupted, UserError, storage_problem
-from peftlab.evaluate import evaluate, make_loader
+from peftlab.evaluate import make_loader
 from peftlab.experiment import (Experiment, build_experiment, count_parameters, frozen_fingerprint, read_trained,
                                 save_adapter)
 from peftlab.nonfinite import Guard, NonFinite
@@ -125,7 +128,10 @@ class Trainer:
         self.checkpoint_every, self.keep = int(t.checkpoint_every), int(t.keep_checkpoints)
         self.clip, self.metric, self.select = float(t.max_grad_norm), str(t.metric), str(t.select)
         self.lower_better = lower_is_better(self.metric)
-        self.method, self.regularizers = exp.method, exp.regularizers
+        self.method, self.regularizers, self.task = exp.method, exp.regularizers, exp.task
+        self.eval_batch_size = int(t.eval_batch_size)
+        if t.gradient_checkpointing:
+            exp.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model, self.optimizer = self.accelerator.prepare(exp.model, self._optimizer())
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         warmup = int(round(float(t.warmup_ratio) * self.max_steps))
@@ -186,12 +192,17 @@ class Trainer:
             group["lr"] = base * self.lr_factor(self.step)
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, split: str) -> dict[str, float]:
-        loader = self.accelerator.prepare(
-            make_loader(self.exp.splits[split], self.exp.tokenizer, int(self.cfg.trainer.eval_batch_size)))
-        metrics = evaluate(self.model, loader, len(self.exp.labels), self.accelerator.device)
-        Guard.check_metrics(metrics, split, self.step)
-        return metrics
+    def _evaluate(self, split: str, name: str | None = None) -> dict[str, float]:
+        """The task's metrics on ``split``; what it generated goes to ``generations/<name>.jsonl``."""
+        result = self.task.evaluate(self.model, self.exp.tokenizer, self.exp.splits[split],
+                                    batch_size=self.eval_batch_size, device=self.accelerator.device,
+                                    full=split == "test")
+        Guard.check_metrics(result.metrics, split, self.step)
+        if result.rows:
+            from peftlab.evaluate_lm import write_generations
+
+            write_generations(result.rows, self.run.generations_dir / f"{name or split}.jsonl")
+        return result.metrics
 
     def _improves(self, metrics: dict) -> bool:
         value = metrics.get(self.metric)
@@ -199,12 +210,16 @@ class Trainer:
             return False
         if self.best is None:
             return True
-        return value < self.best[self.metric] if self.lower_better else value > self.best[self.metric]
+        best = self.best[self.metric]
+        if value != best:
+            return value < best if self.lower_better else value > best
+        # A tie on the key metric (exact match 0 early in training, say) goes to the lower validation loss.
+        return self.metric != "loss" and metrics.get("loss", math.inf) < self.best.get("loss", math.inf)
 
     def validate(self) -> dict[str, float]:
         """One validation pass: logged, tracked as best, its weights kept when best is selected."""
         self.guard.check(self.max_steps)
-        metrics = self._evaluate("validation")
+        metrics = self._evaluate("validation", f"validation-{checkpoints.folder_name(self.step)}")
         self.run.append_metrics({"step": self.step, "split": "validation", **metrics})
         if self._improves(metrics):
             self.best = {"step": self.step, **metrics}
@@ -221,7 +236,8 @@ class Trainer:
         per_step = self.accum * world
         order = batch_order(len(split), int(self.cfg.trainer.batch_size), int(self.cfg.seed),
                             self.step * per_step, self.max_steps * per_step, lengths)
-        return iter(self.accelerator.prepare(make_loader(split, self.exp.tokenizer, int(self.cfg.trainer.batch_size), order)))
+        loader = make_loader(split, self.task.collator(self.exp.tokenizer), int(self.cfg.trainer.batch_size), order)
+        return iter(self.accelerator.prepare(loader))
 
     def fit(self) -> bool:
         """Train up to ``max_steps``; False when a stop was requested first (at a step boundary)."""
@@ -251,9 +267,8 @@ class Trainer:
         return terms
 
     def _forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
-        out = self.model(**batch)
-        loss = out.loss
-        terms = {"loss/task": out.loss.detach()}
+        loss, out = self.task.loss(self.model, batch)
+        terms = {"loss/task": loss.detach()}
         for name, value in self.method.loss_terms(self.model).items():
             loss = loss + value
             terms[f"reg/{name}"] = value.detach()
@@ -307,7 +322,7 @@ class Trainer:
         if stopping.requested():
             self.checkpoint(at_end)
             return None
-        final_test = self._evaluate("test")
+        final_test = self._evaluate("test", f"test-{checkpoints.folder_name(self.step)}")
         if stopping.requested():
             self.checkpoint(at_end)
             return None
@@ -332,6 +347,8 @@ class Trainer:
         }
         if self.guard.skipped:
             summary["skipped_steps"] = self.guard.skipped
+        if self.task.data_report:
+            summary["data"] = self.task.data_report
         if note:
             summary["selection_note"] = note
         return summary
@@ -343,7 +360,8 @@ class Trainer:
         if not (self.run.best_dir / "adapter.safetensors").is_file():
             return self.step, final_test, f"the best-validation weights (step {self.best['step']}) were not found"
         read_trained(self.exp, self.run.best_dir, f"best-validation weights {self.run.best_dir}")
-        return int(self.best["step"]), self._evaluate("test"), None
+        step = int(self.best["step"])
+        return step, self._evaluate("test", f"test-{checkpoints.folder_name(step)}"), None
 
 
 # ====================================================================== the run's life
@@ -450,6 +468,7 @@ def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkp
     """Train, then write the result; every way out leaves the run's status saying how it ended."""
     trainer = None
     try:
+        _report_data(exp)
         trainer = Trainer(exp, run, checkpoint=checkpoint, quiet=quiet)
         run.write_meta(device=str(trainer.accelerator.device))
         with trainer.progress:
@@ -483,6 +502,15 @@ def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkp
         if message:
             raise UserError(message) from None
         raise
+
+
+def _report_data(exp: Experiment) -> None:
+    """Examples cut or dropped by the model's max_length are said, never silent."""
+    for split, counts in (exp.task.data_report or {}).items():
+        cut, dropped = int(counts.get("truncated", 0)), int(counts.get("dropped", 0))
+        if cut or dropped:
+            _warn(f"{split}: {cut} of {counts.get('examples')} examples truncated and {dropped} dropped at "
+                  f"model.max_length={exp.loaded.max_length} (raise it to keep them whole)")
 
 
 def _interrupted(run: runs.Run, trainer: Trainer | None, checkpoint: checkpoints.Checkpoint | None) -> RunInterrupted:

@@ -45,7 +45,7 @@ def _fabricate(
     cfg = config.default_config()
     for key, value in (changes or {}).items():
         OmegaConf.update(cfg, key, value, merge=False)
-    run.write_config(OmegaConf.to_yaml(cfg), [f"{k}={v}" for k, v in (changes or {}).items()])
+    run.write_config(OmegaConf.to_yaml(cfg, resolve=True), [f"{k}={v}" for k, v in (changes or {}).items()])
     for step in range(1, metrics + 1):
         run.append_metrics({"step": step * 10, "split": "train", "loss": round(1.0 / step, 4)})
     if summary is not None:

@@ -10,9 +10,10 @@ import pytest
 from peftlab.config import compose, config_dir, describe_options, list_option_names
 from tests.conftest import peftlab
 
-GROUP_OPTIONS = [(g, o) for g in ("model", "dataset", "method", "regularizer", "optimizer", "trainer")
+GROUP_OPTIONS = [(g, o) for g in ("task", "model", "dataset", "method", "regularizer", "optimizer", "trainer")
                  for o in list_option_names(g)]
-NEEDS = {("model", "hf"): ["model.name=some/model"], ("dataset", "hf"): ["dataset.path=some/data"]}
+NEEDS = {("model", "hf"): ["model.name=some/model"], ("dataset", "hf"): ["dataset.path=some/data"],
+         ("dataset", "sft"): ["dataset.path=some/data"]}
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS)

@@ -113,7 +113,7 @@ def _batch(exp, n: int = 16) -> dict:
     """n real test examples, tokenized and padded as peftlab evaluates them."""
     from peftlab.evaluate import make_loader
 
-    batch = next(iter(make_loader(exp.splits["test"].select(range(n)), exp.tokenizer, n)))
+    batch = next(iter(make_loader(exp.splits["test"].select(range(n)), exp.task.collator(exp.tokenizer), n)))
     batch.pop("labels")
     return dict(batch)
 

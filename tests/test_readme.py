@@ -20,7 +20,7 @@ def commands() -> list[list[str]]:
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     found = []
     for block in blocks:
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the line
             line = line.strip()
             if line.startswith("peftlab"):
                 found.append(shlex.split(line, comments=True))

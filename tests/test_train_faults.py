@@ -109,8 +109,8 @@ def scripted_validation(monkeypatch):
     script = [0.5, 0.9, 0.6]
     real = Trainer._evaluate
 
-    def evaluate(self, split):
-        metrics = real(self, split)
+    def evaluate(self, split, *name):
+        metrics = real(self, split, *name)
         if split == "validation":
             metrics["accuracy"] = script[min(len(script) - 1, self.step // 4 - 1)]
         return metrics
@@ -148,10 +148,10 @@ def test_a_stop_during_the_final_evaluation_checkpoints_and_resumes_to_the_same_
     straight = run_in_process(runs_dir, "trainer.max_steps=10", "trainer.eval_every=5", "name=straight")
     real = Trainer._evaluate
 
-    def stop_at_test(self, split):
+    def stop_at_test(self, split, *name):
         if split == "test":
             stopping.request("SIGTERM", 15)
-        return real(self, split)
+        return real(self, split, *name)
 
     monkeypatch.setattr(Trainer, "_evaluate", stop_at_test)
     with pytest.raises(RunInterrupted) as stop:

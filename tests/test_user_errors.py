@@ -57,6 +57,20 @@ def damaged(hurt: Callable[[runs.Run], object]) -> Callable[[Path, runs.Run], No
     return setup
 
 
+QA = '{"question": "2 + 2?", "answer": "4"}\n{"question": "3 + 3?", "answer": "6"}\n'
+
+
+def _plain_lm(folder: Path) -> None:
+    """The tiny LM's files with its tokenizer's chat template removed."""
+    shutil.copytree(Path(__file__).resolve().parents[1] / "peftlab" / "assets" / "tiny_lm", folder)
+    config = folder / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+    for extra in folder.glob("chat_template.*"):
+        extra.unlink()
+
+
 def _cut(path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
@@ -88,7 +102,7 @@ CASES: dict[str, Case] = {
     "lr zero": train("optimizer.lr=0", needles=("optimizer.lr=0", "> 0")),
     "lr negative": train("optimizer.lr=-0.001", needles=("optimizer.lr=-0.001", "> 0")),
     "batch size zero": train("trainer.batch_size=0", needles=("trainer.batch_size=0", ">= 1")),
-    "max_steps zero": train("trainer.max_steps=0", needles=("trainer.max_steps=0", ">= 1")),
+    "max_steps negative": train("trainer.max_steps=-1", needles=("trainer.max_steps=-1", ">= 0")),
     "fp16 on the CPU": train(*TINY, "trainer.precision=fp16", "trainer.cpu=true", needles=("trainer.precision=fp16",)),
     "name with a slash": train(*TINY, "name=a/b", needles=("name='a/b'",)),
     "model path missing": train("model=hf", "model.name=./no/such/model", needles=("./no/such/model", "does not exist")),
@@ -110,6 +124,19 @@ CASES: dict[str, Case] = {
         setup=write("data.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": \n')),
     "unknown file extension": train(*TINY, "dataset=hf", "dataset.path=./data.xlsx", needles=("'.xlsx'", ".csv"),
                                     setup=write("data.xlsx", "not a spreadsheet")),
+    # causal language models
+    "encoder model for an LM task": train(*TINY, "dataset=arith", needles=("bert", "not a causal language model")),
+    "sft data without the response column": train(
+        "model=tiny_lm", "trainer.max_steps=2", "dataset=sft", "dataset.path=./qa.jsonl", "dataset.prompt_field=question",
+        needles=("dataset.response_field='response'", "answer"), setup=write("qa.jsonl", QA)),
+    "every prompt longer than max_length": train("model=tiny_lm", "trainer.max_steps=2", "dataset=arith",
+                                                 "model.max_length=8", needles=("model.max_length=8",)),
+    "chat template missing": train("model=hf", "model.name=./plain-lm", "model.random_init=true", "trainer.max_steps=2",
+                                   "dataset=arith",
+                                   "task.chat_template=true", needles=("chat template", "chat_template=false"),
+                                   setup=lambda folder, _run: _plain_lm(folder / "plain-lm")),
+    "LM metric the task does not measure": train("model=tiny_lm", "dataset=arith", "trainer.metric=accuracy",
+                                                 needles=("accuracy", "exact_match")),
     # commands on runs that do not exist
     "show unknown run": Case(("show", "nope"), ("unknown run 'nope'",)),
     "eval unknown run": Case(("eval", "tinny"), ("tinny", "did you mean 'tiny'"), store),

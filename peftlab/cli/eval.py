@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
@@ -50,11 +49,11 @@ def eval_command(
         metrics = _evaluate_run(target, split, batch_size)
         label = target.label
     if as_json:
-        print(json.dumps({"split": split, **metrics}))
+        print(runs.to_json({"split": split, **metrics}))
         return
-    console.print(f"{label} [{split}, {metrics['examples']} examples]: loss {metrics['loss']:.4f}  "
-                  f"accuracy {metrics['accuracy']:.4f}  f1_macro {metrics['f1_macro']:.4f}", markup=False, highlight=False,
-                  soft_wrap=True)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    counts = "  ".join(f"{v} {k}" for k, v in metrics.items() if isinstance(v, int) and not isinstance(v, bool))
+    console.print(f"{label} [{split}, {counts}]: {shown}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _evaluate_export(folder, run: Optional[str], root, split: str, batch_size: Optional[int]) -> dict:
@@ -93,5 +92,5 @@ def _evaluate_run(target, split: str, batch_size: Optional[int]) -> dict:
     from peftlab.export import evaluate_split
 
     exp = load_trained(target.path, with_data=True)
-    return evaluate_split(exp.model, exp.tokenizer, exp.splits, split, len(exp.labels),
+    return evaluate_split(exp.task, exp.model, exp.tokenizer, exp.splits, split,
                           batch_size or int(exp.cfg.trainer.eval_batch_size))

@@ -54,7 +54,7 @@ def key_metric(run: store.Run, config: dict | None = None) -> tuple[str, Any, st
     config = run.config if config is None else config
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
     summary = run.summary
-    metric = str((trainer or {}).get("metric") or summary.get("metric") or "accuracy")
+    metric = str(summary.get("metric") or (trainer or {}).get("metric") or "accuracy")
     test = summary.get("test")
     if isinstance(test, dict) and test.get(metric) is not None:
         return metric, test[metric], "test"

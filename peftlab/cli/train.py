@@ -69,7 +69,7 @@ def _dry_run(cfg) -> None:
     from peftlab.experiment import build_experiment, count_parameters, parameter_table
 
     console.print(OmegaConf.to_yaml(cfg, resolve=True), highlight=False)
-    exp = build_experiment(cfg, with_data=False, labels=[str(i) for i in range(_num_labels(cfg))])
+    exp = build_experiment(cfg, with_data=False)
     table = Table(title="parameters by module type", title_justify="left")
     for col in ("module", "trainable", "total"):
         table.add_column(col, justify="left" if col == "module" else "right")
@@ -78,25 +78,9 @@ def _dry_run(cfg) -> None:
     trainable, total = count_parameters(exp.model)
     table.add_row("[bold]all", f"[bold]{trainable:,}", f"[bold]{total:,}")
     console.print(table)
-    bytes_per = 2 if cfg.trainer.precision in ("bf16", "fp16") else 4
-    weights = total * 4
-    optimizer = trainable * 4 * 3  # gradient + two Adam moments, fp32
-    hidden = int(getattr(exp.model.config, "hidden_size", 0) or 0)
-    layers = int(getattr(exp.model.config, "num_hidden_layers", 0) or 0)
-    # Rough activation estimate for a transformer layer: ~34 values per token per hidden unit.
-    activations = int(cfg.trainer.batch_size) * int(exp.loaded.max_length) * hidden * layers * 34 * bytes_per
-    console.print(
-        f"estimated memory: weights {weights / 2**20:.0f} MiB + gradients/optimizer {optimizer / 2**20:.0f} MiB "
-        f"+ activations <= {activations / 2**20:.0f} MiB (batch {cfg.trainer.batch_size}, "
-        f"length <= {exp.loaded.max_length}) = {(weights + optimizer + activations) / 2**20:.0f} MiB"
-    )
+    from peftlab.memory import describe
 
-
-def _num_labels(cfg) -> int:
-    from peftlab.config import build
-    from peftlab.data.tokenize import label_names
-
-    return len(label_names(build(cfg.dataset, seed=int(cfg.seed))))
+    console.print(describe(exp), highlight=False)
 
 
 def _print_result(run) -> None:
@@ -105,12 +89,15 @@ def _print_result(run) -> None:
     summary = run.summary
     table = Table(title=f"run {run.name}/{run.version}: {run.status}", title_justify="left")
     table.add_column("split")
-    metrics = [k for k in ("accuracy", "f1_macro", "loss") if k in summary.get("test", {})]
+    key = summary.get("metric")
+    shown = [key, "accuracy", "f1_macro", "exact_match", "loss", "perplexity"]
+    metrics = [k for k in dict.fromkeys(shown) if k and k in (summary.get("test") or {})]
     for m in metrics:
         table.add_column(m, justify="right")
+    selected = summary.get("selected_step")
     for label, values in (("validation (best)", summary.get("best_validation") or {}),
                           ("validation (final)", summary.get("final_validation") or {}),
-                          ("test", summary.get("test") or {})):
+                          (f"test (step {selected})" if selected is not None else "test", summary.get("test") or {})):
         table.add_row(label, *[f"{values[m]:.4f}" if m in values else "-" for m in metrics])
     console.print(table)
     console.print(

@@ -7,4 +7,10 @@
   (optional ``text_pair``) and a ``ClassLabel`` ``label``.
 - ``tokenize``: ``tokenize_splits`` tokenizes those splits once and caches the
   result on disk, keyed by content, tokenizer and ``max_length``.
+- ``arith``: ``load_arith`` reads the frozen arithmetic word problems (made by
+  ``generate_arith``) as prompt/response/answer splits for causal LMs.
+- ``sft``: ``load_sft`` turns local files, folders or hub ids into prompt/response/
+  answer splits (or conversations); ``sft_tokenize`` masks the prompt out of the
+  labels, counts what ``max_length`` cuts, and pads batches (``SFTCollator``).
+- ``order``: the training batch order, a pure function of (seed, step).
 """

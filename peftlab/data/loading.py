@@ -116,6 +116,42 @@ def load_text_classification(
     return datasets.DatasetDict({role: splits[role] for role in ROLES})
 
 
+# ---------------------------------------------------------------- shared with other loaders
+
+
+def check_holdout_fraction(fraction: float) -> None:
+    """A UserError naming ``dataset.holdout_fraction`` unless it is a number in (0, 0.5)."""
+    _check_fraction(fraction)
+
+
+def open_splits(
+    path: str | Path, subset: str | None, revision: str | None, requested: dict[str, str | None]
+) -> tuple[dict[str, datasets.Dataset], str]:
+    """Read the source's split playing each role, as ``load_text_classification`` does.
+
+    ``requested`` maps each of ``ROLES`` to the source's split name (None: carve
+    it). Returns the splits found, by role (roles to carve are absent), and a
+    short description of the source for messages. Call it inside
+    ``quiet_datasets()``. Missing files, unknown or empty splits are UserErrors.
+    """
+    _check_distinct(requested)
+    raw, source = _load_raw(path, subset, revision, requested["train"])
+    picked = {role: _pick_split(raw, role, name, source) for role, name in requested.items()}
+    return {role: ds for role, ds in picked.items() if ds is not None}, source
+
+
+def carve_missing_splits(
+    splits: dict[str, datasets.Dataset], fraction: float, seed: int, source: str
+) -> datasets.DatasetDict:
+    """Carve the roles ``splits`` lacks out of train (``fraction`` each, shuffled with ``seed``).
+
+    Splits without a ``label`` column get a plain seeded split. Returns all of
+    ``ROLES`` in order.
+    """
+    splits = _carve_missing(dict(splits), fraction, seed, source)
+    return datasets.DatasetDict({role: splits[role] for role in ROLES})
+
+
 # ---------------------------------------------------------------- argument checks
 
 

@@ -58,13 +58,13 @@ def tokenize_splits(
     with quiet_datasets():
         key = cache_key(splits, tokenizer, max_length)
         final = root / key
-        cached = _load_cached(final)
+        cached = load_cached(final)
         if cached is not None:
             return cached
         tokenized = datasets.DatasetDict(
             {name: _tokenize_split(ds, tokenizer, max_length, f"{key}-{name}") for name, ds in splits.items()}
         )
-        _save_atomically(tokenized, final)
+        save_atomically(tokenized, final)
         return datasets.load_from_disk(str(final))
 
 
@@ -165,7 +165,7 @@ def _tokenize_split(
     return out.select_columns(order + [c for c in out.column_names if c not in order])
 
 
-def _load_cached(folder: Path) -> datasets.DatasetDict | None:
+def load_cached(folder: Path) -> datasets.DatasetDict | None:
     """The cached splits, or None when absent or unreadable (then rebuilt)."""
     if not folder.is_dir():
         return None
@@ -178,16 +178,22 @@ def _load_cached(folder: Path) -> datasets.DatasetDict | None:
         return None
 
 
-def _save_atomically(tokenized: datasets.DatasetDict, final: Path) -> None:
+def save_atomically(
+    tokenized: datasets.DatasetDict, final: Path, extra_files: dict[str, str] | None = None
+) -> None:
     """Write to a temporary sibling folder, then rename it to ``final``.
 
-    If another run renamed its copy first, ours is discarded: both hold the
-    same content, since the key covers everything the content depends on.
+    ``extra_files`` (file name -> text) are written next to the splits before
+    the rename, so they appear together with them. If another run renamed its
+    copy first, ours is discarded: both hold the same content, since the key
+    covers everything the content depends on.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         tokenized.save_to_disk(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         try:
             os.rename(tmp, final)
         except OSError:
