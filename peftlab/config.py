@@ -341,11 +341,9 @@ def default_config() -> DictConfig:
 
 
 def diff(base: Any, other: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Leaf-level differences ``(key, base_value, other_value)`` between two configs."""
-    if isinstance(base, DictConfig):
-        base = OmegaConf.to_container(base, resolve=False)
-    if isinstance(other, DictConfig):
-        other = OmegaConf.to_container(other, resolve=False)
+    """Leaf-level differences ``(key, base_value, other_value)`` between two configs, as resolved values
+    (a run stores its config resolved, so ``${task.metric}`` must compare as what it resolves to)."""
+    base, other = _plain(base), _plain(other)
     out: list[tuple[str, Any, Any]] = []
     if isinstance(base, dict) and isinstance(other, dict):
         for k in sorted(set(base) | set(other), key=str):
@@ -354,6 +352,15 @@ def diff(base: Any, other: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     if base != other:
         out.append((prefix.rstrip("."), base, other))
     return out
+
+
+def _plain(cfg: Any) -> Any:
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # e.g. a mandatory value still missing: compare as written
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def choices(overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None) -> dict[str, str]:

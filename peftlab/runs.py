@@ -1,28 +1,35 @@
-"""The run store: versioned run folders, status, atomic writes, listing.
+"""The run store: versioned run folders, status, ownership, listing.
 
-Layout (see DESIGN.md, "Run folders")::
+Layout::
 
     <root>/<name>/v<N>/
       config.yaml     fully resolved config
       overrides.txt   what the user typed, one override a line
-      meta.json       status, times, git commit (+dirty), versions, host, device, seed, argv
+      meta.json       status, times, error, history of earlier attempts, git commit (+dirty),
+                      versions, host, device, seed, argv
       metrics.jsonl   one JSON object a line per logged step / eval
-      summary.json    final + best metrics, params, memory, throughput, wall time
-      adapter/        adapter weights
-      checkpoints/    resumable state
+      summary.json    selected + final metrics, params, memory, throughput, wall time
+      adapter/        trained weights of the selected checkpoint
+      best/           the best-validation weights while training (trainer.select=best)
+      generations/    what a generative task's model said, per split and step
+      checkpoints/    resumable state (see peftlab.checkpoints)
+      .owner          flock-ed by the one process that writes the run (see peftlab.ownership)
 
-summary.json keys read by ``peftlab runs`` / ``peftlab show`` (all optional)::
+summary.json keys read by ``peftlab runs`` / ``peftlab show`` / ``peftlab compare`` (all optional)::
 
-    test: {<metric>: value, ...}                 final test metrics
-    final_validation: {<metric>: value, ...}     last validation metrics
-    best_validation: {step: int, <metric>: ...}  best validation point
     metric                                       the key metric's name (trainer.metric)
+    selection, selected_step                     which checkpoint the run kept: "best" | "final", its step
+    test: {<metric>: value, ...}                 test metrics of the kept checkpoint
+    final_test: {<metric>: value, ...}           test metrics at the last step
+    best_validation: {step: int, <metric>: ...}  best validation point
+    final_validation: {<metric>: value, ...}     last validation metrics
     trainable_params, total_params, steps, wall_time_s, tokens_per_s, peak_memory_mb, device
 
 Versions are allocated with an exclusive ``os.mkdir`` so concurrent processes never
 share a folder; every file but metrics.jsonl is written to a temporary name in the
-same folder and renamed over the target. ``status`` moves running -> completed |
-failed | interrupted, and completed only once summary.json exists.
+same folder and renamed over the target (peftlab.files), as strict JSON. ``status``
+moves running -> completed | failed | interrupted, and completed only once
+summary.json exists.
 
 No torch (nor transformers/datasets/accelerate) is imported here, so listing and
 showing runs stays fast.
@@ -31,22 +38,28 @@ showing runs stays fast.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import socket
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from peftlab.errors import UserError, did_you_mean
+from peftlab.files import (  # noqa: F401  (part of the store's API)
+    atomic_write_json,
+    atomic_write_text,
+    file_mode,
+    finite_or_none,
+    to_json,
+    write_bytes,
+)
+from peftlab.ownership import OWNER_FILE, Ownership, RunBusy  # noqa: F401  (part of the store's API)
 from peftlab.provenance import environment, git_info, new_meta, pid_alive  # noqa: F401  (part of the store's API)
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "interrupted")
 _VERSION = re.compile(r"^v(\d+)$")
-OWNER_FILE = ".owner"  # flock-ed by the process that writes the run (see Run.own)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -95,120 +108,6 @@ def version_number(version: str) -> int | None:
     """``"v12"`` -> 12; None for anything that is not a version folder name."""
     m = _VERSION.match(version)
     return int(m.group(1)) if m else None
-
-
-def finite_or_none(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, recursively.
-
-    JSON has no NaN: ``json.dumps`` would write the bare token ``NaN``, which strict
-    readers (and other languages) refuse. A missing value is what it is.
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
-
-
-def to_json(obj: Any, indent: int | None = None) -> str:
-    """Strict JSON text of ``obj``: non-finite numbers become null, other objects their value or str."""
-    return json.dumps(finite_or_none(_plain(obj)), indent=indent, allow_nan=False, default=_json_default)
-
-
-def _plain(obj: Any) -> Any:
-    # Scalars from numpy/torch become Python numbers first, so finite_or_none sees them.
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return _json_default(obj)
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy / torch scalars have .item(); paths and the rest become strings.
-    item = getattr(obj, "item", None)
-    if callable(item):
-        try:
-            return item()
-        except Exception:  # noqa: BLE001 - fall back to str below
-            pass
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename itself durable; not possible on every platform, so best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600; run files follow the umask like any other
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through Python's own I/O.
-
-    Libraries that write files themselves report a full disk as an unrelated
-    error (a zip writer's "unexpected pos", a Rust I/O error); serialising to
-    bytes first and writing them here turns it into an ``OSError`` with its
-    errno and the file's name, which the lab can explain in one line.
-    """
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as exc:
-        if exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """``atomic_write_text`` of ``obj`` as indented, strict JSON (see ``to_json``)."""
-    atomic_write_text(path, to_json(obj, indent=2) + "\n")
-
-
-_FILE_MODE: int | None = None
-
-
-def file_mode() -> int:
-    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
-    global _FILE_MODE
-    if _FILE_MODE is None:
-        mask = os.umask(0)
-        os.umask(mask)
-        _FILE_MODE = 0o666 & ~mask
-    return _FILE_MODE
 
 
 def _read_json(path: Path) -> dict:
@@ -428,75 +327,6 @@ class Run:
     def write_summary(self, summary: dict) -> None:
         """Write summary.json atomically."""
         atomic_write_json(self.summary_path, summary)
-
-
-class RunBusy(UserError):
-    """Another live process writes the run."""
-
-
-class Ownership:
-    """The exclusive right of this process to write one run folder (see ``Run.own``)."""
-
-    def __init__(self, run: Run, fd: int | None):
-        self.run, self._fd = run, fd
-
-    @classmethod
-    def acquire(cls, run: Run) -> Ownership:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: exclusive mkdir and pids only
-            return cls(run, None)
-        fd = os.open(run.path / OWNER_FILE, os.O_RDWR | os.O_CREAT, file_mode())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunBusy(_busy_message(run, cls.holder(run) or {})) from None
-        info = to_json({"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
-        return cls(run, fd)
-
-    @staticmethod
-    def holder(run: Run) -> dict | None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover
-            return None
-        try:
-            fd = os.open(run.path / OWNER_FILE, os.O_RDONLY)
-        except OSError:
-            return None  # never owned (or an older run): nobody writes it
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            except ValueError:
-                info = {}
-            return info if isinstance(info, dict) else {}
-        finally:
-            os.close(fd)  # also drops the shared lock taken when nobody held it
-        return None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
-
-    def __enter__(self) -> Ownership:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def _busy_message(run: Run, info: dict) -> str:
-    who = f"process {info['pid']}" if info.get("pid") else "another process"
-    where = f" on {info['host']}" if info.get("host") and info.get("host") != socket.gethostname() else ""
-    since = f" since {info['since']}" if info.get("since") else ""
-    stop = f" (kill {info['pid']})" if info.get("pid") and not where else ""
-    return f"run '{run.path}' is being written by {who}{where}{since}: wait for it to end, or stop it first{stop}"
 
 
 # --------------------------------------------------------------------------- the store

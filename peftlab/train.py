@@ -29,7 +29,6 @@ import math
 import resource
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -490,13 +489,7 @@ def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkp
     except UserError as exc:
         _mark(run, "failed", error=str(exc))
         raise
-    except OSError as exc:
-        message = storage_problem(exc)
-        _mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
-        if message:
-            raise UserError(message) from None
-        raise
-    except BaseException as exc:
+    except BaseException as exc:  # a full or read-only disk is explained; anything else is a bug, kept whole
         message = storage_problem(exc)
         _mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
         if message:

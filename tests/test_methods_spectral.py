@@ -1,4 +1,4 @@
-"""Spec tests for DoRA, SORSA and SALT, straight from METHODS.md §2, §6, §7."""
+"""Spec tests for DoRA, SORSA and SALT, straight from the equations in their papers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PiSSA, MiLoRA, OLoRA and SVFit: the METHODS.md equations, then parity with PEFT.
+"""PiSSA, MiLoRA, OLoRA and SVFit: the equations, then parity with PEFT.
 
 Spec tests check each init against an SVD/QR computed here from the equations
 (sections 3, 4, 5), up to the sign freedom of singular vectors. Parity tests

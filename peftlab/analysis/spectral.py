@@ -1,4 +1,4 @@
-"""Spectral diagnostics of weight updates (METHODS.md section 18).
+"""Spectral diagnostics of weight updates.
 
 Pure functions of tensors: no model, no run folder. Every SVD runs in float32
 on the tensor's device, exactly (``torch.linalg.svd``), since the diagnostics
@@ -63,7 +63,7 @@ def _intruders_from_svd(u0: Tensor, u_ft: Tensor, top_k: int, epsilon: float) ->
 
 
 def intruder_dimensions(w0: Tensor, w_ft: Tensor, top_k: int = 10, epsilon: float = 0.5) -> dict:
-    """Count the intruder dimensions of a fine-tuned weight (METHODS.md section 18).
+    """Count the intruder dimensions of a fine-tuned weight.
 
     With ``U0`` and ``U_ft`` the left singular vectors of ``w0`` and ``w_ft``
     (``w_ft = w0 + dW`` merged; float32 SVD), the similarity of fine-tuned

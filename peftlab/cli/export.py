@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
 from typing import Optional
 
 import typer
@@ -13,6 +9,7 @@ import typer
 from peftlab.cli.app import app
 from peftlab.cli.common import console
 from peftlab.run_files import check_trained
+from peftlab.stopping import sigterm_raises
 
 FORMATS = ("peft", "merged")
 
@@ -41,7 +38,7 @@ def export_command(
     # Fail before loading anything (and before importing torch).
     check_trained(target)
     check_output(out_path, force=force, run_path=target.path)
-    with sigterm_interrupts():
+    with sigterm_raises():  # main() does this for every command; export's cleanup relies on it, so it says so
         _export(target, out_path, fmt, rank, force)
     say(f"written: {out_path}")
 
@@ -76,28 +73,6 @@ def _export(target, out_path, fmt: str, rank: Optional[int], force: bool) -> Non
     if exp.cfg.model.get("random_init", False):
         say("note: this run's base model is randomly initialised (model.random_init=true); "
             "the adapter only fits that same random model")
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt for the duration, as Ctrl-C does.
-
-    Python's default for SIGTERM ends the process at once, skipping every cleanup,
-    so a killed export would leave its half-written staging folder behind; as an
-    exception it unwinds through the staging context, which removes it.
-    """
-    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def say(text: str) -> None:

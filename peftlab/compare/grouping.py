@@ -36,7 +36,7 @@ from peftlab.compare.records import RunRecord
 from peftlab.compare.selection import selected_validation
 from peftlab.compare.values import MISSING, as_number, canonical, override_key
 from peftlab.errors import UserError, did_you_mean
-from peftlab.metrics import LOWER_IS_BETTER, lower_is_better  # noqa: F401  (re-exported)
+from peftlab.metrics import LOWER_IS_BETTER, lower_is_better  # noqa: F401  (LOWER_IS_BETTER: part of compare's API)
 
 #: Override keys that never distinguish configurations.
 IGNORED_KEYS = frozenset({"seed", "name", "runs_dir", "resume"})

@@ -1,7 +1,7 @@
 """The method framework: one wrapper for every adapted Linear, the adapter
 protocol, and the training-time hooks a method may use.
 
-Vocabulary (METHODS.md conventions): a Linear computes ``y = W x + b`` with
+Vocabulary: a Linear computes ``y = W x + b`` with
 ``W`` of shape m x n (out x in).
 
 * :class:`Adapter` - what a per-layer method is: how it initialises from W
@@ -63,7 +63,7 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
     def expected_trainable(self) -> int:
-        """The trainable-parameter count per layer that METHODS.md gives (#P)."""
+        """The trainable-parameter count per layer of the method's formula (#P)."""
         raise NotImplementedError
 
     # -- function ---------------------------------------------------------------

@@ -1,6 +1,6 @@
 """DoRA: weight-decomposed low-rank adaptation.
 
-Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation" (METHODS.md §2).
+Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation".
 
     V = W + s B A                         (LoRA on the direction)
     y = (m / ||V||_row) * (V x) + b       m in R^out, init m_j = ||W_j,:||_2

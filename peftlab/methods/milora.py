@@ -1,7 +1,7 @@
 """MiLoRA: the adapter starts as the minor singular part of W.
 
 Wang et al. 2024, "MiLoRA: Harnessing Minor Singular Components for
-Parameter-Efficient LLM Finetuning" (METHODS.md section 4).
+Parameter-Efficient LLM Finetuning".
 
 PiSSA with the **last** r (smallest) singular triplets, from the exact
 ``torch.linalg.svd`` in fp32 (as the official svd_init.py):

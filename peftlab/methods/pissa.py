@@ -1,7 +1,7 @@
 """PiSSA: the adapter starts as the principal singular part of W.
 
 Meng, Wang & Zhang 2024, "PiSSA: Principal Singular Values and Singular Vectors
-Adaptation of Large Language Models" (METHODS.md section 3).
+Adaptation of Large Language Models".
 
     W = U diag(sigma) V^T                  (thin SVD in fp32, sigma descending)
     B = U_r diag(sqrt(sigma_r / s)),   A = diag(sqrt(sigma_r / s)) V_r^T

@@ -1,7 +1,8 @@
 """SALT: singular value adaptation with low-rank transformation.
 
 Elsayed et al. 2025, "SALT: Singular Value Adaptation with Low-Rank
-Transformation" (METHODS.md §7; official code BioMedIA-MBZUAI/SALT, SAM/SAM2).
+Transformation" (official code
+BioMedIA-MBZUAI/SALT, SAM/SAM2).
 
     W = U diag(sigma) V^T   (full thin SVD in fp32, k = min(m, n) values; U, sigma, V frozen buffers)
     r_top = top_rank, or max(1, int(k * top_ratio))   (SAM2 code: ratio 0.1)
@@ -12,7 +13,7 @@ Transformation" (METHODS.md §7; official code BioMedIA-MBZUAI/SALT, SAM/SAM2).
 
 The ReLU is elementwise on the whole k x k matrix, as in the official code (so
 it also clips negative off-diagonal entries of the tail block X Y); it is kept
-on purpose (METHODS.md decision). For the framework the change is additive:
+on purpose (our decision). For the framework the change is additive:
 the base stays W and ``delta_weight() = U (ReLU(S') - diag(sigma)) V^T``,
 which is exactly zero at init (sigma >= 0 and Y = 0), so the pretrained outputs
 are reproduced exactly. (The official code uses ``U ReLU(S') V^T`` alone, which

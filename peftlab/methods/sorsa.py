@@ -1,7 +1,7 @@
 """SORSA: singular values and orthonormal regularized singular vectors adaptation.
 
 Cao 2024, "SORSA: Singular Values and Orthonormal Regularized Singular Vectors
-Adaptation of Large Language Models" (METHODS.md §6; official code
+Adaptation of Large Language Models" (official code
 Gunale0926/SORSA, sorsalib).
 
     W = U diag(sigma) V^T   (exact SVD, fp32)

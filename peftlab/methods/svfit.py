@@ -1,7 +1,7 @@
 """SVFit: train only the top singular values of W.
 
 Sun et al. 2024, "SVFit: Parameter-Efficient Fine-Tuning of Large Pre-Trained
-Models Using Singular Values" (METHODS.md section 5, marked ⚠: only the
+Models Using Singular Values" (only the
 abstract is available, no official code).
 
     W = U diag(sigma) V^T               (exact thin SVD in fp32)
