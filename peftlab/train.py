@@ -367,13 +367,15 @@ class Trainer:
 
 
 def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: dict[str, str],
-          show_progress: bool = True, on_run: Callable[[runs.Run], None] | None = None) -> runs.Run:
+          show_progress: bool = True, on_run: Callable[[runs.Run], None] | None = None,
+          stamp: dict[str, Any] | None = None) -> runs.Run:
     """Train one run (or resume one) and return its completed run folder.
 
     Raises ``RunInterrupted`` (a KeyboardInterrupt) when a signal stopped it, and
     ``UserError`` when it failed for a reason the user can act on; either way the
     run folder says how it ended. ``on_run`` is called with the run folder as soon
-    as it exists (a sweep records it there).
+    as it exists. ``stamp`` is written into a new run's meta.json when its folder
+    is allocated: what the run belongs to (a sweep and its member index, ...).
     """
     import warnings
 
@@ -386,7 +388,7 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
             if stopping.requested():
                 raise KeyboardInterrupt()
             if run is None:
-                run, owner = _create(cfg, overrides, argv, choices)
+                run, owner = _create(cfg, overrides, argv, choices, stamp or {})
             else:
                 run.set_status("running", resumed_from=checkpoint.name)
                 run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
@@ -446,7 +448,8 @@ def _build(cfg: DictConfig) -> Experiment:
     return build_experiment(cfg)
 
 
-def _create(cfg: DictConfig, overrides: list[str], argv: list[str], choices: dict[str, str]) -> tuple[runs.Run, runs.Ownership]:
+def _create(cfg: DictConfig, overrides: list[str], argv: list[str], choices: dict[str, str],
+            stamp: dict[str, Any]) -> tuple[runs.Run, runs.Ownership]:
     """A new run folder, owned by this process; nothing is left behind if setting it up fails."""
     name = str(cfg.name) if cfg.get("name") else default_name(choices)
     run = runs.allocate(runs.runs_root(cfg.runs_dir), name)
@@ -454,7 +457,7 @@ def _create(cfg: DictConfig, overrides: list[str], argv: list[str], choices: dic
     try:
         owner = run.own()
         run.write_config(OmegaConf.to_yaml(cfg, resolve=True), overrides)
-        run.write_meta(**runs.new_meta(argv, int(cfg.seed)), choices=choices)
+        run.write_meta(**runs.new_meta(argv, int(cfg.seed)), choices=choices, config_hash=config_hash(cfg), **stamp)
     except BaseException:
         if owner is not None:
             owner.release()
@@ -530,6 +533,19 @@ def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
         runs.atomic_write_json(run.path / "analysis.json", analyze_experiment(exp))
     run.write_summary(summary)
     run.set_status("completed")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of what the run computes: the resolved config without where it is stored or
+    what it is called, so two runs with the same hash differ only by chance (none, when seeded)."""
+    import hashlib
+    import json
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("name", "runs_dir", "resume"):
+        plain.pop(key, None)
+    text = json.dumps(runs.finite_or_none(plain), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_name(choices: dict[str, str]) -> str:
