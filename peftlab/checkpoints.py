@@ -6,7 +6,7 @@ A checkpoint is a folder ``checkpoints/step_NNNNNNN`` holding::
     initial.safetensors       initial values of adapters that rewrote their base (PiSSA, ...)
     method_state.safetensors  the method's own state, when it has one
     optimizer.pt              the optimizer's state
-    rng.pt                    Python, NumPy and torch RNG states
+    rng.pt                    Python, NumPy and torch RNG states of every process of the run
     loop.json                 step, best validation point, counters of the loop, and a
                               fingerprint of the frozen weights, checked on resume
     manifest.json             size and SHA-256 of every file above; written last
@@ -112,7 +112,8 @@ def newest_sound(folder: Path, warn: Any = None) -> Checkpoint | None:
     return None
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's random states (Python, NumPy, torch, CUDA)."""
     import numpy as np
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -138,14 +139,19 @@ def _torch_save(obj: Any, path: Path) -> None:
     runs.write_bytes(path, buffer.getvalue())
 
 
-def save(folder: Path, step: int, exp: Experiment, optimizer: Any, loop: dict, fingerprint: str) -> Checkpoint:
-    """Write the checkpoint of ``step`` into ``folder`` (atomically; see the module docstring)."""
+def save(folder: Path, step: int, exp: Experiment, optimizer: Any, loop: dict, fingerprint: str,
+         rng_states: list[dict[str, Any]] | None = None) -> Checkpoint:
+    """Write the checkpoint of ``step`` into ``folder`` (atomically; see the module docstring).
+
+    ``rng_states`` holds each process's random states in rank order (this process's alone
+    when None); the trained tensors and optimizer state are the same in every process.
+    """
     final = Path(folder) / folder_name(step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        _torch_save(_rng_state(), tmp / RNG_FILE)
+        _torch_save({"processes": rng_states or [rng_state()]}, tmp / RNG_FILE)
         write_trained(exp, tmp)
         _torch_save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         runs.atomic_write_json(tmp / LOOP_FILE, {"step": step, "frozen_fingerprint": fingerprint, **loop})
@@ -158,8 +164,13 @@ def save(folder: Path, step: int, exp: Experiment, optimizer: Any, loop: dict, f
     return Checkpoint(final, step)
 
 
-def load(checkpoint: Checkpoint, exp: Experiment, optimizer: Any) -> dict:
-    """Restore a checkpoint into the rebuilt experiment and optimizer; returns the loop state."""
+def load(checkpoint: Checkpoint, exp: Experiment, optimizer: Any, rank: int = 0, world: int = 1,
+         warn: Any = None) -> dict:
+    """Restore a checkpoint into the rebuilt experiment and optimizer; returns the loop state.
+
+    Process ``rank`` of ``world`` takes its own random states back; a checkpoint written by
+    another number of processes resumes, but not bit for bit, and ``warn`` says so.
+    """
     path = checkpoint.path
     loop = json.loads((path / LOOP_FILE).read_text())
     if loop.get("frozen_fingerprint") not in (None, frozen_fingerprint(exp.model)):
@@ -168,7 +179,12 @@ def load(checkpoint: Checkpoint, exp: Experiment, optimizer: Any) -> dict:
     try:
         read_trained(exp, path, f"checkpoint {path}")
         optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False))
-        _set_rng_state(torch.load(path / RNG_FILE, weights_only=False))
+        stored = torch.load(path / RNG_FILE, weights_only=False)
+        states = stored["processes"] if "processes" in stored else [stored]  # one process, before the list
+        if len(states) != world and warn is not None and rank == 0:
+            warn(f"{path} was written by {len(states)} process(es) and resumes in {world}: the run continues, "
+                 f"but its random streams (dropout) differ from an uninterrupted run")
+        _set_rng_state(states[rank % len(states)])
         return loop
     except UserError:
         raise

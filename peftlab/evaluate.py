@@ -27,9 +27,17 @@ def make_loader(dataset: Any, collate: Any, batch_size: int, batches: Any = None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=private)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, num_labels: int, device: Any = None) -> dict[str, float]:
     """``{"loss", "accuracy", "f1_macro", "examples"}`` over the whole loader."""
+    return metrics_from(*count(model, loader, num_labels, device))
+
+
+@torch.no_grad()
+def count(model: nn.Module, loader: Any, num_labels: int, device: Any = None) -> tuple[torch.Tensor, float]:
+    """(confusion matrix ``[true, predicted]`` on the CPU, summed cross-entropy) over the whole loader.
+
+    Both add up over parts of a split, so parts evaluated apart combine exactly.
+    """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -44,7 +52,7 @@ def evaluate(model: nn.Module, loader: Any, num_labels: int, device: Any = None)
         confusion += torch.bincount(labels * num_labels + pred, minlength=num_labels**2).view(num_labels, num_labels)
     if was_training:
         model.train()
-    return metrics_from(confusion.cpu(), float(loss_sum.cpu()))
+    return confusion.cpu(), float(loss_sum.cpu())
 
 
 def metrics_from(confusion: torch.Tensor, loss_sum: float) -> dict[str, float]:

@@ -69,6 +69,16 @@ class Guard:
                 )
 
     @staticmethod
+    def check_parameters(parameters: list, step: int, total_steps: int) -> None:
+        """The trained parameters must be finite before they are kept: an update can overflow them
+        while the loss that produced it was still finite (one synchronisation, at checkpoints)."""
+        if parameters and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
+            raise NonFinite(
+                f"the parameters became non-finite (NaN or inf) at step {step} of {total_steps}: "
+                f"lower optimizer.lr, or set trainer.nonfinite=skip to drop such steps"
+            )
+
+    @staticmethod
     def check_metrics(metrics: dict, split: str, step: int) -> None:
         """Evaluation numbers must be finite too (weights can diverge while the training loss looks fine)."""
         value = metrics.get("loss")

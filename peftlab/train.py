@@ -29,12 +29,14 @@ import math
 import resource
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab import checkpoints, runs, stopping
+from peftlab.processes import Processes, start as start_processes
 from peftlab.metrics import lower_is_better
 from peftlab.data.order import batch_order
 from peftlab.errors import RunInterrupted, UserError, storage_problem
@@ -44,6 +46,7 @@ from peftlab.experiment import (Experiment, build_experiment, count_parameters, 
 from peftlab.nonfinite import Guard, NonFinite
 from peftlab.progress import Progress
 from peftlab.regularizers.base import RegularizerContext
+from peftlab.tasks.base import Task, combine
 
 #: Keys a resumed run may change: its length and how it treats non-finite steps.
 RESUMABLE_KEYS = ("trainer.max_steps", "trainer.nonfinite", "trainer.max_consecutive_skips")
@@ -91,9 +94,9 @@ class IntervalLog:
         self.count += 1
         self.tokens += tokens
 
-    def record(self, step: int, lr: float, world: int) -> tuple[dict, int]:
+    def record(self, step: int, lr: float) -> tuple[dict, int]:
         """The metric line of the interval and its token count; starts the next interval."""
-        tokens = int(self.tokens) * world
+        tokens = int(self.tokens)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         record = {"step": step, "split": "train", "lr": lr, "tokens_per_s": tokens / elapsed}
         record.update({k: float(v) / max(self.count, 1) for k, v in self.sums.items()})
@@ -110,17 +113,36 @@ class IntervalLog:
         self.tokens.fill_(int(state["tokens"]))
 
 
-class Trainer:
-    """Runs one experiment into one run folder."""
+class TaskForward(torch.nn.Module):
+    """The model and its task's loss as one module, so that a data-parallel wrapper's forward
+    (which synchronises gradients) is the whole training forward, task-specific paths included."""
 
-    def __init__(self, exp: Experiment, run: runs.Run, *, checkpoint: checkpoints.Checkpoint | None = None,
-                 quiet: bool = False):
+    def __init__(self, task: Task, model: torch.nn.Module):
+        super().__init__()
+        self.task, self.model = task, model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        return self.task.loss(self.model, batch)
+
+
+class Trainer:
+    """Runs one experiment into one run folder; under a launcher, one of the run's processes.
+
+    Every process trains on its slice of each global batch; only the main process
+    writes to the run folder. ``self.model`` is the unwrapped model that method hooks,
+    regularizers, evaluation and saving see (a data-parallel wrapper would prefix its
+    parameter names); ``self.net`` is what the forward pass goes through.
+    """
+
+    def __init__(self, exp: Experiment, run: runs.Run, procs: Processes, *,
+                 checkpoint: checkpoints.Checkpoint | None = None, quiet: bool = False):
         from accelerate import Accelerator
 
-        self.exp, self.run, self.cfg = exp, run, exp.cfg
+        self.exp, self.run, self.cfg, self.procs = exp, run, exp.cfg, procs
+        self.writes = procs.is_main
         t = self.cfg.trainer
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision]
-        self.accelerator = Accelerator(cpu=bool(t.cpu), mixed_precision=precision, gradient_accumulation_steps=int(t.grad_accum))
+        self.accelerator = Accelerator(cpu=procs.cpu, mixed_precision=precision, gradient_accumulation_steps=int(t.grad_accum))
         # Every setting the loop reads, read once here: no config lookups per step.
         self.max_steps, self.accum = int(t.max_steps), int(t.grad_accum)
         self.log_every, self.eval_every = int(t.log_every), int(t.eval_every)
@@ -128,10 +150,11 @@ class Trainer:
         self.clip, self.metric, self.select = float(t.max_grad_norm), str(t.metric), str(t.select)
         self.lower_better = lower_is_better(self.metric)
         self.method, self.regularizers, self.task = exp.method, exp.regularizers, exp.task
-        self.eval_batch_size = int(t.eval_batch_size)
+        self.eval_batch_size, self.batch_size = int(t.eval_batch_size), int(t.batch_size)
         if t.gradient_checkpointing:
             exp.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model, self.optimizer = self.accelerator.prepare(exp.model, self._optimizer())
+        self.net, self.optimizer = self.accelerator.prepare(TaskForward(exp.task, exp.model), self._optimizer())
+        self.model = exp.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         warmup = int(round(float(t.warmup_ratio) * self.max_steps))
         self.lr_factor = lr_lambda(str(t.schedule), warmup, self.max_steps)
@@ -144,8 +167,7 @@ class Trainer:
         self.fingerprint: str | None = None  # of the frozen weights, computed at the first checkpoint
         if checkpoint is not None:
             self._resume_from(checkpoint)
-        self.progress = Progress(self.max_steps, self.step, self.metric,
-                                 quiet=quiet or not self.accelerator.is_main_process)
+        self.progress = Progress(self.max_steps, self.step, self.metric, quiet=quiet or not self.writes)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         from peftlab.config import locate, params_of
@@ -170,20 +192,27 @@ class Trainer:
         if self.last_checkpoint is not None and self.last_checkpoint.step == self.step:
             return self.last_checkpoint
         self.guard.check(self.max_steps)
+        Guard.check_parameters(self.trainable, self.step, self.max_steps)
+        rng = self.procs.gather(checkpoints.rng_state())  # each process resumes its own random streams
+        if not self.writes:
+            self.last_checkpoint = checkpoints.Checkpoint(self.run.checkpoints_dir / checkpoints.folder_name(self.step),
+                                                          self.step)
+            return self.last_checkpoint
         if self.fingerprint is None:
             self.fingerprint = frozen_fingerprint(self.exp.model)
         self.last_checkpoint = checkpoints.save(self.run.checkpoints_dir, self.step, self.exp, self.optimizer,
-                                                state or self._loop_state(), self.fingerprint)
+                                                state or self._loop_state(), self.fingerprint, rng)
         checkpoints.prune(self.run.checkpoints_dir, self.keep)
         return self.last_checkpoint
 
     def _resume_from(self, checkpoint: checkpoints.Checkpoint) -> None:
-        state = checkpoints.load(checkpoint, self.exp, self.optimizer)
+        state = checkpoints.load(checkpoint, self.exp, self.optimizer, self.procs.rank, self.procs.world, warn=_warn)
         self.step, self.best = int(state["step"]), state["best"]
         self.train_time, self.tokens_seen = float(state["train_time_s"]), int(state["tokens_seen"])
         self.guard.load_state(state)
         self.log.load_state(state["interval"])
-        self.run.truncate_metrics(int(state["metrics_bytes"]))
+        if self.writes:
+            self.run.truncate_metrics(int(state["metrics_bytes"]))
         self.last_checkpoint = checkpoint
         # The schedule is a pure function of the step: set it rather than store it.
         self.scheduler.last_epoch = self.step
@@ -192,12 +221,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str, name: str | None = None) -> dict[str, float]:
-        """The task's metrics on ``split``; what it generated goes to ``generations/<name>.jsonl``."""
-        result = self.task.evaluate(self.model, self.exp.tokenizer, self.exp.splits[split],
-                                    batch_size=self.eval_batch_size, device=self.accelerator.device,
-                                    full=split == "test")
+        """The task's metrics on ``split``; what it generated goes to ``generations/<name>.jsonl``.
+
+        Each process measures its own contiguous part of the split; the parts are combined
+        in order, so every process gets the metrics of the whole split, no example twice.
+        """
+        procs = self.procs
+        tally = self.task.measure(self.model, self.exp.tokenizer, self.exp.splits[split],
+                                  batch_size=self.eval_batch_size, device=self.accelerator.device,
+                                  full=split == "test", part=(procs.rank, procs.world))
+        result = self.task.summarize(combine(procs.gather(tally)))
         Guard.check_metrics(result.metrics, split, self.step)
-        if result.rows:
+        if result.rows and self.writes:
             from peftlab.evaluate_lm import write_generations
 
             write_generations(result.rows, self.run.generations_dir / f"{name or split}.jsonl")
@@ -219,31 +254,39 @@ class Trainer:
         """One validation pass: logged, tracked as best, its weights kept when best is selected."""
         self.guard.check(self.max_steps)
         metrics = self._evaluate("validation", f"validation-{checkpoints.folder_name(self.step)}")
-        self.run.append_metrics({"step": self.step, "split": "validation", **metrics})
+        if self.writes:
+            self.run.append_metrics({"step": self.step, "split": "validation", **metrics})
         if self._improves(metrics):
             self.best = {"step": self.step, **metrics}
-            if self.select == "best":
+            if self.select == "best" and self.writes:
                 save_adapter(self.exp, self.run.best_dir)
         self.progress.evaluated(self.step, self.best)
         return metrics
 
     # ------------------------------------------------------------------ training
     def _batches(self) -> Iterator[dict]:
+        """This process's micro-batches from the current step on.
+
+        The order is one of global batches (``trainer.batch_size`` times the number of
+        processes), each cut into one contiguous slice per process: the examples of a
+        step, and so the update, do not depend on how many processes share them.
+        """
         split = self.exp.splits["train"]
-        world = self.accelerator.num_processes
+        rank, world, size = self.procs.rank, self.procs.world, self.batch_size
         lengths = [len(ids) for ids in split["input_ids"]] if self.cfg.trainer.group_by_length else None
-        per_step = self.accum * world
-        order = batch_order(len(split), int(self.cfg.trainer.batch_size), int(self.cfg.seed),
-                            self.step * per_step, self.max_steps * per_step, lengths)
-        loader = make_loader(split, self.task.collator(self.exp.tokenizer), int(self.cfg.trainer.batch_size), order)
-        return iter(self.accelerator.prepare(loader))
+        order = batch_order(len(split), size * world, int(self.cfg.seed),
+                            self.step * self.accum, self.max_steps * self.accum, lengths)
+        mine = [batch[rank * size:(rank + 1) * size] for batch in order]
+        loader = make_loader(split, self.task.collator(self.exp.tokenizer), size, mine)
+        device = self.accelerator.device
+        return ({k: v.to(device) for k, v in batch.items()} for batch in loader)
 
     def fit(self) -> bool:
         """Train up to ``max_steps``; False when a stop was requested first (at a step boundary)."""
         batches = self._batches()
-        self.model.train()
+        self.net.train()
         while self.step < self.max_steps:
-            if stopping.requested():
+            if self.procs.any(stopping.requested()):
                 return False
             terms = self._train_step(batches)
             self.step += 1
@@ -256,17 +299,28 @@ class Trainer:
         tokens = torch.zeros((), dtype=torch.long, device=self.accelerator.device)
         for _ in range(self.accum):
             batch = next(batches)
-            with self.accelerator.accumulate(self.model):
+            with self.accelerator.accumulate(self.net):
                 for k, v in self._forward_backward(batch).items():
                     terms[k] = terms.get(k, 0) + v / self.accum
             tokens += batch["attention_mask"].sum()
+        terms, tokens = self._over_processes(terms, tokens)
         self._update(terms)
         self.log.add(terms, tokens)
         self.train_time += time.perf_counter() - start
         return terms
 
+    def _over_processes(self, terms: dict[str, torch.Tensor], tokens: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """The step's terms averaged and its tokens summed over the processes (one collective), so the
+        non-finite guard decides alike everywhere and the logs describe the whole global batch."""
+        if not self.procs.distributed:
+            return terms, tokens
+        keys = sorted(terms)
+        values = torch.stack([terms[k].float() for k in keys] + [tokens.float()])
+        values = self.procs.mean(values)
+        return {k: values[i] for i, k in enumerate(keys)}, (values[-1] * self.procs.world).round().long()
+
     def _forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
-        loss, out = self.task.loss(self.model, batch)
+        loss, out = self.net(batch)
         terms = {"loss/task": loss.detach()}
         for name, value in self.method.loss_terms(self.model).items():
             loss = loss + value
@@ -301,9 +355,10 @@ class Trainer:
     def _after_step(self, terms: dict[str, torch.Tensor]) -> None:
         step = self.step
         if step % self.log_every == 0 or step == self.max_steps:
-            record, tokens = self.log.record(step, self.scheduler.get_last_lr()[0], self.accelerator.num_processes)
+            record, tokens = self.log.record(step, self.scheduler.get_last_lr()[0])
             self.tokens_seen += tokens
-            self.run.append_metrics(record)
+            if self.writes:
+                self.run.append_metrics(record)
             self.guard.check(self.max_steps)
             self.progress.logged(step, record)
         else:
@@ -318,15 +373,16 @@ class Trainer:
         """Final validation, selection of the checkpoint, test. None when a stop came first."""
         at_end = self._loop_state()  # what a checkpoint of the finished loop holds
         final_validation = self.validate()
-        if stopping.requested():
+        if self.procs.any(stopping.requested()):
             self.checkpoint(at_end)
             return None
         final_test = self._evaluate("test", f"test-{checkpoints.folder_name(self.step)}")
-        if stopping.requested():
+        if self.procs.any(stopping.requested()):
             self.checkpoint(at_end)
             return None
         selected_step, test, note = self._select(final_test)
-        self.run.append_metrics({"step": selected_step, "split": "test", **test})
+        if self.writes:
+            self.run.append_metrics({"step": selected_step, "split": "test", **test})
         trainable, total = count_parameters(self.exp.model)
         summary = {
             "metric": self.metric,
@@ -343,6 +399,7 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9),
             "peak_memory_mb": _peak_memory_mb(self.accelerator.device),
             "device": str(self.accelerator.device),
+            "processes": self.procs.world,
         }
         if self.guard.skipped:
             summary["skipped_steps"] = self.guard.skipped
@@ -356,7 +413,8 @@ class Trainer:
         """(selected step, its test metrics, why the final step was kept against the config or None)."""
         if self.select != "best" or self.best is None or self.best["step"] == self.step:
             return self.step, final_test, None
-        if not (self.run.best_dir / "adapter.safetensors").is_file():
+        self.procs.wait_for_everyone()  # the main process has written best/
+        if not self.procs.share((self.run.best_dir / "adapter.safetensors").is_file()):
             return self.step, final_test, f"the best-validation weights (step {self.best['step']}) were not found"
         read_trained(self.exp, self.run.best_dir, f"best-validation weights {self.run.best_dir}")
         step = int(self.best["step"])
@@ -380,21 +438,25 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
     import warnings
 
     warnings.filterwarnings("ignore")
+    procs = start_processes(bool(cfg.trainer.cpu))  # under a launcher: join the run's other processes
     with stopping.deferred_signals():
         owner: runs.Ownership | None = None
         try:
-            run, owner, cfg, checkpoint = _reopen(cfg, overrides) if cfg.get("resume") else (None, None, cfg, None)
+            run, owner, cfg, checkpoint = _opened(procs, cfg, overrides) if cfg.get("resume") else (None, None, cfg, None)
             exp = _build(cfg)
-            if stopping.requested():
+            if procs.rank:  # the same model everywhere, but each process its own dropout masks
+                torch.manual_seed(int(cfg.seed) + 1_000_003 * procs.rank)
+            if procs.any(stopping.requested()):
                 raise KeyboardInterrupt()
             if run is None:
-                run, owner = _create(cfg, overrides, argv, choices, stamp or {})
-            else:
+                run, owner = _allocated(procs, cfg, overrides, argv, choices, stamp or {})
+            elif procs.is_main:
                 run.set_status("running", resumed_from=checkpoint.name)
                 run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
-            if on_run is not None:
+            if on_run is not None and procs.is_main:
                 on_run(run)
-            _run_training(exp, run, checkpoint, quiet=not show_progress)
+            _run_training(exp, run, checkpoint, procs, quiet=not show_progress)
+            procs.wait_for_everyone()  # no process reports the run before the main one has written it
             return run
         except OSError as exc:  # before the run existed, e.g. runs_dir on a read-only disk
             message = storage_problem(exc)
@@ -404,6 +466,43 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
         finally:
             if owner is not None:
                 owner.release()
+
+
+def _on_main(procs: Processes, make: Callable[[], Any], told: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """(``make()`` on the main process, None on the others; ``told(result)`` on every process).
+
+    A failure on the main process reaches the others as a UserError with its message,
+    so no process waits forever for a run folder that will not come.
+    """
+    if procs.is_main:
+        try:
+            result = make()
+        except BaseException as exc:
+            procs.share(("failed", str(exc) or type(exc).__name__))
+            raise
+        return result, procs.share(("ok", told(result)))[1]
+    kind, value = procs.share(None)
+    if kind == "failed":
+        raise UserError(value)
+    return None, value
+
+
+def _opened(procs: Processes, cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Ownership | None,
+                                                                              DictConfig, checkpoints.Checkpoint]:
+    """The run to resume, reopened by the main process; the others learn it, its config and checkpoint."""
+    opened, (path, stored, checkpoint, step) = _on_main(
+        procs, lambda: _reopen(cfg, overrides),
+        lambda o: (str(o[0].path), OmegaConf.to_yaml(o[2]), str(o[3].path), o[3].step))
+    if opened is not None:
+        return opened
+    return runs.open_run(path), None, OmegaConf.create(stored), checkpoints.Checkpoint(Path(checkpoint), step)
+
+
+def _allocated(procs: Processes, cfg: DictConfig, overrides: list[str], argv: list[str], choices: dict[str, str],
+               stamp: dict[str, Any]) -> tuple[runs.Run, runs.Ownership | None]:
+    """A new run folder, created by the main process; the others learn its path."""
+    created, path = _on_main(procs, lambda: _create(cfg, overrides, argv, choices, stamp), lambda c: str(c[0].path))
+    return created if created is not None else (runs.open_run(path), None)
 
 
 def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Ownership, DictConfig, checkpoints.Checkpoint]:
@@ -466,35 +565,41 @@ def _create(cfg: DictConfig, overrides: list[str], argv: list[str], choices: dic
     return run, owner
 
 
-def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkpoint | None, *, quiet: bool) -> None:
-    """Train, then write the result; every way out leaves the run's status saying how it ended."""
+def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkpoint | None, procs: Processes, *,
+                  quiet: bool) -> None:
+    """Train, then write the result; every way out leaves the run's status saying how it ended
+    (written by the main process: the others only train and evaluate)."""
     trainer = None
+    mark = _mark if procs.is_main else (lambda *args, **fields: None)
     try:
-        _report_data(exp)
-        trainer = Trainer(exp, run, checkpoint=checkpoint, quiet=quiet)
-        run.write_meta(device=str(trainer.accelerator.device))
+        if procs.is_main:
+            _report_data(exp)
+        trainer = Trainer(exp, run, procs, checkpoint=checkpoint, quiet=quiet)
+        if procs.is_main:
+            run.write_meta(device=str(trainer.accelerator.device), processes=procs.world)
         with trainer.progress:
             summary = trainer.finish() if trainer.fit() else None
         if summary is None:
             raise _interrupted(run, trainer, trainer.checkpoint())
-        _complete(exp, run, summary)
+        if procs.is_main:
+            _complete(exp, run, summary)
     except RunInterrupted as exc:
-        _mark(run, "interrupted", step=exc.step, error=None)
+        mark(run, "interrupted", step=exc.step, error=None)
         raise
     except KeyboardInterrupt:  # a second signal: stop now, from the last checkpoint on disk
         last = checkpoints.listed(run.checkpoints_dir)
         exc = _interrupted(run, trainer, last[-1] if last else None)
-        _mark(run, "interrupted", step=exc.step)
+        mark(run, "interrupted", step=exc.step)
         raise exc from None
     except NonFinite as exc:
-        _mark(run, "failed", error=str(exc))
+        mark(run, "failed", error=str(exc))
         raise UserError(f"run {run.path} failed: {exc}") from None
     except UserError as exc:
-        _mark(run, "failed", error=str(exc))
+        mark(run, "failed", error=str(exc))
         raise
     except BaseException as exc:  # a full or read-only disk is explained; anything else is a bug, kept whole
         message = storage_problem(exc)
-        _mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
+        mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
         if message:
             raise UserError(message) from None
         raise

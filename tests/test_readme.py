@@ -75,3 +75,12 @@ def test_the_sweep_folder_the_readme_compares_is_the_one_the_readme_sweep_makes(
     assert dry.returncode == 0, dry.stderr
     name = re.search(r"sweep (\S+):", dry.stdout).group(1)
     assert compare[2] == f"runs/sweeps/{name}/v1"
+
+
+def test_every_launch_line_runs_a_train_command_that_composes():
+    """The multi-process lines (accelerate launch, torchrun, srun) end in `-m peftlab train ...`."""
+    text = README.read_text().replace("\\\n", " ")
+    launched = re.findall(r"-m peftlab train ([^\n']*)", text)
+    assert len(launched) >= 4
+    for tail in launched:
+        compose([a for a in shlex.split(tail) if not a.startswith("-")])

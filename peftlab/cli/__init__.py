@@ -41,17 +41,25 @@ def main() -> None:
         with sigterm_raises():
             app()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         sys.exit(2)
     except OSError as exc:
         message = storage_problem(exc)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        _say(f"error: {message}")
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         sys.exit(130)
+
+
+def _say(line: str) -> None:
+    """A line to stderr; under a launcher of several processes, from the first one only."""
+    from peftlab.processes import launched_rank
+
+    if launched_rank() == 0:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

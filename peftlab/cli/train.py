@@ -32,15 +32,21 @@ def train_command(
     from peftlab.errors import RunInterrupted
     from peftlab.train import train
 
+    from peftlab.processes import launched_rank
+
+    speaks = launched_rank() == 0  # under a launcher, one process reports for the run
     try:
         run = train(cfg, overrides=overrides, argv=sys.argv, choices=chosen, show_progress=not quiet)
     except RunInterrupted as stop:
-        _print_interrupted(stop)
+        if speaks:
+            _print_interrupted(stop)
         raise typer.Exit(stop.exit_code) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted before training started: nothing was written", highlight=False)
+        if speaks:
+            err_console.print("interrupted before training started: nothing was written", highlight=False)
         raise typer.Exit(130) from None
-    _print_result(run)
+    if speaks:
+        _print_result(run)
 
 
 def _print_interrupted(stop) -> None:

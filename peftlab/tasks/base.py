@@ -18,6 +18,28 @@ class Evaluation:
     rows: list[dict] = field(default_factory=list)
 
 
+#: What a task counts on (part of) a split: numbers and tensors that add up, lists that concatenate.
+Tally = dict[str, Any]
+
+
+def part_of(split: Any, part: tuple[int, int]) -> Any:
+    """Contiguous part ``part[0]`` of ``part[1]`` of a dataset; in rank order the parts are the split."""
+    index, count = part
+    return split if count == 1 else split.shard(num_shards=count, index=index, contiguous=True)
+
+
+def combine(tallies: list[Tally]) -> Tally:
+    """The tally of the whole from the tallies of its parts (in order)."""
+    out: Tally = {}
+    for tally in tallies:
+        for key, value in tally.items():
+            if key not in out:
+                out[key] = list(value) if isinstance(value, list) else value
+            else:
+                out[key] = out[key] + value  # lists concatenate, numbers and tensors add
+    return out
+
+
 class Task:
     """Base class. ``head`` names the family of transformers model classes the task loads
     (``sequence_classification`` or ``causal_lm``); ``metric`` is its key metric."""
@@ -57,6 +79,17 @@ class Task:
                  full: bool) -> Evaluation:
         """Metrics of ``model`` on one tokenized split. ``full`` asks for everything the task can
         measure (test), else what selection needs at each validation pass."""
+        return self.summarize(self.measure(model, tokenizer, split, batch_size=batch_size, device=device, full=full))
+
+    def measure(self, model: nn.Module, tokenizer: Any, split: Any, *, batch_size: int, device: Any, full: bool,
+                part: tuple[int, int] = (0, 1)) -> Tally:
+        """What ``evaluate`` counts, on part ``part[0]`` of ``part[1]`` contiguous parts of the split:
+        sums and rows that :func:`combine` adds up, so the processes of a run can each measure a
+        part and agree on the metrics of the whole."""
+        raise NotImplementedError
+
+    def summarize(self, tally: Tally) -> Evaluation:
+        """The metrics of a (combined) tally."""
         raise NotImplementedError
 
     def check_metric(self, metric: str) -> None:

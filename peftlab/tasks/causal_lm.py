@@ -14,14 +14,13 @@ answer marker, else the last number). Generations are returned as rows
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from peftlab.errors import UserError
-from peftlab.tasks.base import Evaluation, Task
+from peftlab.tasks.base import Evaluation, Tally, Task, part_of
 
 
 class CausalLM(Task):
@@ -75,18 +74,28 @@ class CausalLM(Task):
         return loss, _Outputs(loss=loss, logits=logits, targets=targets)
 
     # -- evaluation ---------------------------------------------------------------
-    def evaluate(self, model: nn.Module, tokenizer: Any, split: Any, *, batch_size: int, device: Any,
-                 full: bool) -> Evaluation:
-        metrics = self._nll(model, tokenizer, split, batch_size, device)
-        if not (full or self.generate_on_validation):
+    def measure(self, model: nn.Module, tokenizer: Any, split: Any, *, batch_size: int, device: Any, full: bool,
+                part: tuple[int, int] = (0, 1)) -> Tally:
+        tally = self._nll(model, tokenizer, part_of(split, part), batch_size, device)
+        if full or self.generate_on_validation:
+            shown = split if full or self.validation_generations is None else \
+                split.select(range(min(int(self.validation_generations), len(split))))
+            tally["rows"] = self._generate(model, tokenizer, part_of(shown, part), device)
+        return tally
+
+    def summarize(self, tally: Tally) -> Evaluation:
+        from peftlab.evaluate_lm import loss_metrics
+
+        metrics = loss_metrics(tally["nll_sum"], int(tally["tokens"]))
+        if "rows" not in tally:
             return Evaluation(metrics)
-        shown = split if full or self.validation_generations is None else \
-            split.select(range(min(int(self.validation_generations), len(split))))
-        scores, rows = self._generate(model, tokenizer, shown, device)
+        rows = tally["rows"]
+        correct = sum(row["correct"] for row in rows)
+        scores = {"exact_match": correct / len(rows) if rows else float("nan"), "generated": len(rows)}
         return Evaluation({**metrics, **scores}, rows)
 
     @torch.no_grad()
-    def _nll(self, model: nn.Module, tokenizer: Any, split: Any, batch_size: int, device: Any) -> dict[str, float]:
+    def _nll(self, model: nn.Module, tokenizer: Any, split: Any, batch_size: int, device: Any) -> Tally:
         from peftlab.evaluate import make_loader
 
         was_training = model.training
@@ -99,16 +108,17 @@ class CausalLM(Task):
             total += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
             count += targets.numel()
         model.train(was_training)
-        n = int(count)  # the one host synchronisation of the pass
-        loss = float(total) / n if n else float("nan")
-        return {"loss": loss, "perplexity": math.exp(loss) if n and loss < 700 else float("inf"), "tokens": n}
+        return {"nll_sum": float(total), "tokens": int(count)}  # the one host synchronisation of the pass
 
-    def _generate(self, model: nn.Module, tokenizer: Any, split: Any, device: Any) -> tuple[dict, list[dict]]:
+    def _generate(self, model: nn.Module, tokenizer: Any, split: Any, device: Any) -> list[dict]:
         from peftlab.evaluate_lm import generation_metrics
 
-        return generation_metrics(model, tokenizer, list(split["prompt_ids"]), list(split["answer"]), None,
-                                  max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size,
-                                  marker=self.answer_marker)
+        if len(split) == 0:
+            return []
+        _, rows = generation_metrics(model, tokenizer, list(split["prompt_ids"]), list(split["answer"]), None,
+                                     max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size,
+                                     marker=self.answer_marker)
+        return rows
 
 
 class _Outputs:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from peftlab.tasks.base import Evaluation, Task
+from peftlab.tasks.base import Evaluation, Tally, Task, part_of
 
 
 class Classification(Task):
@@ -38,9 +38,15 @@ class Classification(Task):
 
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, split: Any, *, batch_size: int, device: Any,
-                 full: bool) -> Evaluation:
-        from peftlab.evaluate import evaluate, make_loader
+    def measure(self, model: nn.Module, tokenizer: Any, split: Any, *, batch_size: int, device: Any, full: bool,
+                part: tuple[int, int] = (0, 1)) -> Tally:
+        from peftlab.evaluate import count, make_loader
 
-        loader = make_loader(split, self.collator(tokenizer), batch_size)
-        return Evaluation(evaluate(model, loader, len(self.labels), device))
+        loader = make_loader(part_of(split, part), self.collator(tokenizer), batch_size)
+        confusion, loss_sum = count(model, loader, len(self.labels), device)
+        return {"confusion": confusion, "loss_sum": loss_sum}
+
+    def summarize(self, tally: Tally) -> Evaluation:
+        from peftlab.evaluate import metrics_from
+
+        return Evaluation(metrics_from(tally["confusion"], tally["loss_sum"]))
