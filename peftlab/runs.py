@@ -332,7 +332,10 @@ class Run:
         return dict(kv for line in self.overrides() if (kv := override_key(line)))
 
     def value(self, key: str) -> Any:
-        """The run's value for ``key``: status, seed, sweep, a group choice, a config value or an override; else MISSING."""
+        """The run's value for ``key``: status, seed, sweep, a group choice, a config value or an override.
+
+        MISSING when the run has none of them (``--where`` then never matches it).
+        """
         special = self._special_value(key)
         if special is not MISSING:
             return special

@@ -165,6 +165,9 @@ def test_compare_reads_the_sweep_folder(grid_sweep):
     table = peftlab("compare", str(sweep_dir), env={"COLUMNS": "200"})
     assert table.returncode == 0, table.stderr
     assert "4 run(s), 4 configuration(s)" in table.stdout
+    status = peftlab("sweep", "--status", "method-method.rank", env={"PEFTLAB_RUNS_DIR": str(runs)})
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("sweep method-method.rank/v1: 4 completed of 4 (completed)\n"), status.stdout
 
 
 @needs_joblib

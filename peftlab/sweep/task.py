@@ -194,7 +194,7 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
     made: list[runs.Run] = []  # the run folder, once train has made (or reopened) it
     value, status, error = None, "failed", None
     try:
-        _prepare(cfg, job)
+        _prepare(cfg, hc, job)
         run = _train(cfg, hc, job, sweep, overrides, made.append)
         value, status = _objective(run, cfg), run.status
     except KeyboardInterrupt:
@@ -212,17 +212,18 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
     return value
 
 
-def _prepare(cfg: Any, job: _Job) -> None:
+def _prepare(cfg: Any, hc: Any, job: _Job) -> None:
     """Validate the member's config; its run goes into the sweep's runs folder unless runs_dir= says otherwise."""
     from omegaconf import OmegaConf
 
     from peftlab.config import validate
 
     validate(cfg)
-    # Launchers may start jobs elsewhere, with another environment: the sweep's folder decides.
+    # Launchers may start jobs elsewhere, with another environment: the sweep's folder, or runs_dir=
+    # relative to where the sweep was started, decides.
     root = Path(str(cfg.runs_dir)).expanduser() if cfg.runs_dir else runs_root_of(job.sweep_dir)
     OmegaConf.set_struct(cfg, False)
-    cfg.runs_dir = str(root if root.is_absolute() else Path.cwd() / root)
+    cfg.runs_dir = str(root if root.is_absolute() else Path(str(hc.runtime.cwd)) / root)
     OmegaConf.set_struct(cfg, True)
 
 
@@ -247,15 +248,13 @@ def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[s
     So the run folders alone tell how every member ended. Best effort: when even
     this cannot be written (a full disk), the member stays pending.
     """
-    from omegaconf import OmegaConf
-
     root = runs_root_of(job.sweep_dir) if not cfg.get("runs_dir") else Path(str(cfg.runs_dir))
     try:
         run = _allocate_named(root, cfg, _choices(hc))
         with run.own():
             meta = runs.new_meta(list(sweep.get("argv") or ["peftlab", "sweep"]), _seed(cfg))
             run.write_meta(**meta, choices=_choices(hc), **stamp(job.sweep_dir, root, sweep, job.index))
-            run.write_config(OmegaConf.to_yaml(cfg, resolve=False), overrides)
+            run.write_config(_config_yaml(cfg), overrides)
             run.set_status("failed", error=error)
     except (OSError, UserError) as exc:
         print(f"warning: member {job.index} failed and could not be recorded: {exc}", file=sys.stderr)
@@ -269,6 +268,16 @@ def _allocate_named(root: Path, cfg: Any, choices: dict[str, str]) -> runs.Run:
         return runs.allocate(root, run_name(cfg, choices))
     except UserError:
         return runs.allocate(root, default_name(choices))
+
+
+def _config_yaml(cfg: Any) -> str:
+    """The config as YAML, resolved when it can be (a bad value may be what stops it)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - any interpolation or missing value: keep it as written
+        return OmegaConf.to_yaml(cfg, resolve=False)
 
 
 def _seed(cfg: Any) -> Any:
