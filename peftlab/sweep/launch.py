@@ -185,10 +185,6 @@ class Outcome:
     state: status.SweepState
     interrupted: bool = False
 
-    @property
-    def sweep_dir(self) -> Path:
-        return self.state.sweep_dir
-
 
 def start(p: Plan, argv: Sequence[str], announce: Any = print) -> Outcome:
     """Create the sweep folder (sweep.json, written once), print what it will do, and run it."""

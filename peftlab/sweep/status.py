@@ -19,7 +19,6 @@ from peftlab import runs
 from peftlab.sweep.folder import live_launcher, read, runs_root_of
 
 PENDING = "pending"
-ORDER = ("completed", "failed", "interrupted", "running", PENDING)
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,10 @@ class _Job:
 
 
 def _sweep_dir_of(hydra_dir: Path) -> Path:
-    for folder in (hydra_dir, *hydra_dir.parents):
-        if (folder / SWEEP_FILE).is_file():
-            return folder
-    raise RuntimeError(f"no {SWEEP_FILE} above Hydra's sweep dir {hydra_dir}")
+    """The sweep folder of a launch: Hydra's sweep dir is always a folder of it (see ``our_hydra_settings``)."""
+    if not (hydra_dir.parent / SWEEP_FILE).is_file():
+        raise RuntimeError(f"no {SWEEP_FILE} beside Hydra's sweep dir {hydra_dir}")
+    return hydra_dir.parent
 
 
 def _index_of(launch: dict, job_num: int) -> tuple[int, str | None]:
