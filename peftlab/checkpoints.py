@@ -35,10 +35,11 @@ import torch
 
 from peftlab import runs
 from peftlab.errors import UserError
+from peftlab.layout import CHECKPOINT_PREFIX
 from peftlab.experiment import Experiment, frozen_fingerprint, read_trained, write_trained
 
-PREFIX = "step_"
-_NAME = re.compile(r"^step_(\d{7,})$")
+PREFIX = CHECKPOINT_PREFIX
+_NAME = re.compile(rf"^{PREFIX}(\d{{7,}})$")
 LOOP_FILE = "loop.json"
 MANIFEST_FILE = "manifest.json"
 OPTIMIZER_FILE = "optimizer.pt"

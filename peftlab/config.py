@@ -205,7 +205,7 @@ class TrainerSchema:
 class RootSchema:
     seed: int = 0
     name: Any = None
-    runs_dir: str = "runs"
+    runs_dir: Any = None  # None: peftlab.runs.runs_root decides ($PEFTLAB_RUNS_DIR, else ./runs)
     resume: Any = None
     analysis: Any = None
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from peftlab.config import build, regularizer_nodes
 from peftlab.errors import UserError
+from peftlab.layout import ADAPTER_CONFIG_FILE, ADAPTER_DIR
 from peftlab.runs import atomic_write_json, write_bytes
 from peftlab.methods.base import Adapter, Method, adapted_layers, trainable_parameters
 from peftlab.models import LoadedModel
@@ -35,7 +36,6 @@ from peftlab.tasks.base import Task
 
 ADAPTER_FILE = "adapter.safetensors"
 METHOD_STATE_FILE = "method_state.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 INITIAL_FILE = "initial.safetensors"
 
 
@@ -264,7 +264,7 @@ def save_adapter(exp: Experiment, folder: Path) -> None:
 
 def load_trained(run_path: Path, *, with_data: bool = False) -> Experiment:
     """Rebuild a run's trained model from the pretrained weights and its adapter folder."""
-    folder = Path(run_path) / "adapter"
+    folder = Path(run_path) / ADAPTER_DIR
     info_file = folder / ADAPTER_CONFIG_FILE
     if not info_file.is_file():
         raise UserError(f"run '{run_path}' has no adapter yet (it did not finish): resume it or pick another run")

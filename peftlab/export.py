@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from peftlab.errors import UserError
+from peftlab.layout import META_FILE
 
 if TYPE_CHECKING:  # torch is imported inside the functions: the CLI checks paths before paying for it
     from torch import Tensor, nn
@@ -81,7 +82,7 @@ def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> Non
     if not force:
         raise UserError(f"output folder '{out}' exists and is not empty: choose a new folder or pass --force to replace it")
     resolved = out.resolve()
-    if (out / "meta.json").is_file() or (run_path is not None and (
+    if (out / META_FILE).is_file() or (run_path is not None and (
             resolved == Path(run_path).resolve() or resolved in Path(run_path).resolve().parents)):
         raise UserError(f"output folder '{out}' is (or holds) a run folder: --force never replaces runs; pick another folder")
     if resolved == Path.cwd().resolve() or resolved == Path.home().resolve() or resolved.parent == resolved:
@@ -520,14 +521,14 @@ def export_info(folder: Path) -> dict[str, Any] | None:
 def is_model_folder(folder: Path) -> bool:
     """A transformers checkpoint folder (config.json + safetensors) that is not a run."""
     folder = Path(folder)
-    return (folder.is_dir() and (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
+    return (folder.is_dir() and (folder / "config.json").is_file() and not (folder / META_FILE).is_file()
             and any(folder.glob("*.safetensors")))
 
 
 def is_peft_folder(folder: Path) -> bool:
     folder = Path(folder)
     return (folder / PEFT_CONFIG_FILE).is_file() and (folder / PEFT_WEIGHTS_FILE).is_file() \
-        and not (folder / "meta.json").is_file()
+        and not (folder / META_FILE).is_file()
 
 
 def _labels_of(model: Any) -> list[str] | None:

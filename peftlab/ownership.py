@@ -15,8 +15,7 @@ from typing import Any
 
 from peftlab.errors import UserError
 from peftlab.files import file_mode, to_json
-
-OWNER_FILE = ".owner"
+from peftlab.layout import OWNER_FILE
 
 
 class RunBusy(UserError):

@@ -5,9 +5,9 @@ running run has no summary.json yet): the value is None. A file that cannot be
 read, is not valid JSON or YAML, or holds something other than an object (a
 mapping) gives ``value`` None and a one-line ``problem`` that names the file,
 so that a command can leave the run out with a note, or stop with that line,
-instead of guessing what the run was or crashing. ``Run.meta`` and
-``Run.summary`` read damage as ``{}`` so that listing never breaks; commands
-that must not guess ask these functions. No torch here.
+instead of guessing what the run was or crashing. :class:`peftlab.runs.Run`
+reads every run file through these (``Run.problem`` keeps the problem beside
+the value); commands that must not guess ask it. No torch here.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peftlab.layout import ADAPTER_CONFIG_FILE, META_FILE, SUMMARY_FILE
+
 if TYPE_CHECKING:
     from peftlab.runs import Run
 
 Problem = str | None
-#: What a rebuilt model reads from adapter/ (the last two only when the method wrote them).
-ADAPTER_CONFIG = "adapter_config.json"
+#: What a rebuilt model reads from adapter/ besides its config (the last two only when the method wrote them).
 ADAPTER_WEIGHTS = ("adapter.safetensors", "initial.safetensors", "method_state.safetensors")
 
 
@@ -94,8 +95,8 @@ def safetensors_problem(path: Path) -> Problem:
 
 def run_problem(run: Run) -> Problem:
     """One line naming a damaged meta.json or summary.json of ``run`` and the fix, or None."""
-    for path in (run.meta_path, run.summary_path):
-        _, problem = read_json_object(path)
+    for filename in (META_FILE, SUMMARY_FILE):
+        problem = run.problem(filename)
         if problem is not None:
             return f"{problem}: the run folder is damaged; restore the file, or delete '{run.path}' and train it again"
     return None
@@ -124,11 +125,11 @@ def adapter_problem(run: Run) -> Problem:
     folder = run.adapter_dir
     if not folder.is_dir():
         return _no_adapter(run)
-    info, problem = read_json_object(folder / ADAPTER_CONFIG)
+    info, problem = read_json_object(folder / ADAPTER_CONFIG_FILE)
     if problem is None and info is None:
-        problem = f"{folder / ADAPTER_CONFIG} is missing"
+        problem = f"{folder / ADAPTER_CONFIG_FILE} is missing"
     if problem is None and not (isinstance(info.get("config"), dict) and isinstance(info.get("labels"), list)):
-        problem = f"{folder / ADAPTER_CONFIG} lacks the run's 'config' or 'labels'"
+        problem = f"{folder / ADAPTER_CONFIG_FILE} lacks the run's 'config' or 'labels'"
     for name in ADAPTER_WEIGHTS:
         if problem is not None:
             break

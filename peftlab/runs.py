@@ -1,18 +1,22 @@
-"""The run store: versioned run folders, status, ownership, listing.
+"""The run store: versioned run folders, status, ownership, listing, and the one reader of them.
 
-Layout::
+The run folder is the single source of truth about a run: ``runs``, ``show``,
+``compare``, ``clean`` and ``sweep`` all read runs through :class:`Run` (file
+names: :mod:`peftlab.layout`). Layout::
 
     <root>/<name>/v<N>/
       config.yaml     fully resolved config
       overrides.txt   what the user typed, one override a line
       meta.json       status, times, error, history of earlier attempts, git commit (+dirty),
-                      versions, host, device, seed, argv
+                      versions, host, device, seed, argv, choices, config_hash, and for a
+                      sweep member sweep: {path, name, version, member} (written when created)
       metrics.jsonl   one JSON object a line per logged step / eval
       summary.json    selected + final metrics, params, memory, throughput, wall time
       adapter/        trained weights of the selected checkpoint
       best/           the best-validation weights while training (trainer.select=best)
       generations/    what a generative task's model said, per split and step
       checkpoints/    resumable state (see peftlab.checkpoints)
+      analysis.json   spectral diagnostics (peftlab analyze, or analysis=spectral)
       .owner          flock-ed by the one process that writes the run (see peftlab.ownership)
 
 summary.json keys read by ``peftlab runs`` / ``peftlab show`` / ``peftlab compare`` (all optional)::
@@ -46,6 +50,21 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.errors import UserError, did_you_mean
+from peftlab.layout import (
+    ADAPTER_DIR,
+    ANALYSIS_FILE,
+    BEST_DIR,
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    GENERATIONS_DIR,
+    META_FILE,
+    METRICS_FILE,
+    OVERRIDES_FILE,
+    OWNER_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+)
 from peftlab.files import (  # noqa: F401  (part of the store's API)
     atomic_write_json,
     atomic_write_text,
@@ -54,8 +73,10 @@ from peftlab.files import (  # noqa: F401  (part of the store's API)
     to_json,
     write_bytes,
 )
-from peftlab.ownership import OWNER_FILE, Ownership, RunBusy  # noqa: F401  (part of the store's API)
+from peftlab.ownership import Ownership, RunBusy  # noqa: F401  (part of the store's API)
 from peftlab.provenance import environment, git_info, new_meta, pid_alive  # noqa: F401  (part of the store's API)
+from peftlab.run_files import read_json_object, read_text, read_yaml_mapping
+from peftlab.values import MISSING, override_key, parse_scalar
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "interrupted")
@@ -65,12 +86,20 @@ _VERSION = re.compile(r"^v(\d+)$")
 # --------------------------------------------------------------------------- small helpers
 
 
+RUNS_DIR_ENV = "PEFTLAB_RUNS_DIR"
+DEFAULT_RUNS_DIR = "runs"
+
+
 def runs_root(runs_dir: str | Path | None = None) -> Path:
-    """Where run folders live: ``runs_dir`` if given, else ``$PEFTLAB_RUNS_DIR``, else ``./runs``."""
+    """Where run folders live: ``runs_dir`` if given, else ``$PEFTLAB_RUNS_DIR``, else ``./runs``.
+
+    The one place that decides: the config's ``runs_dir`` (null by default), the
+    ``--runs-dir`` option of every command and the environment all come here.
+    """
     if runs_dir:
         return Path(runs_dir).expanduser()
-    env = os.environ.get("PEFTLAB_RUNS_DIR")
-    return Path(env).expanduser() if env else Path("runs")
+    env = os.environ.get(RUNS_DIR_ENV)
+    return Path(env).expanduser() if env else Path(DEFAULT_RUNS_DIR)
 
 
 def now_iso() -> str:
@@ -119,24 +148,24 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _load_yaml(text: str) -> Any:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader)
-
-
 # --------------------------------------------------------------------------- Run
 
 
 class Run:
-    """One run folder ``<root>/<name>/<version>``."""
+    """One run folder ``<root>/<name>/<version>``: the one reader of run folders.
+
+    Every command reads runs through this class. Each file is read once per
+    object (``reload()`` reads again); a damaged file reads as empty here, and
+    ``problems()`` names it, so that listing never breaks and commands that
+    must not guess can refuse.
+    """
 
     def __init__(self, path: str | Path):
         self.path: Path = Path(path).absolute()
         self.name: str = self.path.parent.name
         self.version: str = self.path.name
-        self._meta: dict | None = None
+        self._files: dict[str, tuple[Any, str | None]] = {}
+        self._metrics: list[dict] | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -155,72 +184,93 @@ class Run:
     # ---- files
     @property
     def meta_path(self) -> Path:
-        return self.path / "meta.json"
+        return self.path / META_FILE
 
     @property
     def summary_path(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / SUMMARY_FILE
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / CONFIG_FILE
 
     @property
     def overrides_path(self) -> Path:
-        return self.path / "overrides.txt"
+        return self.path / OVERRIDES_FILE
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
+
+    @property
+    def analysis_path(self) -> Path:
+        return self.path / ANALYSIS_FILE
 
     @property
     def adapter_dir(self) -> Path:
-        return self.path / "adapter"
+        return self.path / ADAPTER_DIR
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     @property
     def generations_dir(self) -> Path:
         """What a generative task's model said: one JSON-lines file per evaluated split and step."""
-        return self.path / "generations"
+        return self.path / GENERATIONS_DIR
 
     @property
     def best_dir(self) -> Path:
         """The best-validation weights so far, while the run trains (``trainer.select=best``)."""
-        return self.path / "best"
+        return self.path / BEST_DIR
 
     # ---- reading
+    def _read(self, filename: str) -> tuple[Any, str | None]:
+        """``(content, problem)`` of one of the run's files, read once; content None when missing or damaged."""
+        if filename not in self._files:
+            path = self.path / filename
+            if filename == CONFIG_FILE:
+                self._files[filename] = read_yaml_mapping(path)
+            elif filename == OVERRIDES_FILE:
+                self._files[filename] = read_text(path)
+            else:
+                self._files[filename] = read_json_object(path)
+        return self._files[filename]
+
+    def problem(self, filename: str) -> str | None:
+        """Why one of the run's files (a name from peftlab.layout) cannot be read; None when it can or is absent."""
+        return self._read(filename)[1]
+
+    def problems(self) -> list[str]:
+        """What makes the run untrustworthy: each damaged meta.json, summary.json, config.yaml or overrides.txt."""
+        files = (OVERRIDES_FILE, CONFIG_FILE, META_FILE, SUMMARY_FILE)
+        return [problem for f in files if (problem := self.problem(f)) is not None]
+
     @property
     def meta(self) -> dict:
-        """meta.json as a dict ({} when missing). Cached; ``write_meta`` keeps it current."""
-        if self._meta is None:
-            self._meta = _read_json(self.meta_path)
-        return dict(self._meta)
+        """meta.json as a dict ({} when missing or damaged). ``write_meta`` keeps it current."""
+        return dict(self._read(META_FILE)[0] or {})
 
     def reload(self) -> "Run":
-        """Forget cached meta (another process may have written it)."""
-        self._meta = None
+        """Forget what was read (another process may have written since)."""
+        self._files.clear()
+        self._metrics = None
         return self
 
     @property
     def summary(self) -> dict:
-        """summary.json as a dict ({} when missing)."""
-        return _read_json(self.summary_path)
+        """summary.json as a dict ({} when missing or damaged)."""
+        return dict(self._read(SUMMARY_FILE)[0] or {})
 
     @property
     def config(self) -> dict:
-        """The resolved config.yaml as a plain dict ({} when missing or unreadable)."""
-        try:
-            text = self.config_path.read_text(encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
-        try:
-            data = _load_yaml(text)
-        except Exception:  # noqa: BLE001 - a damaged config must not break listing
-            return {}
-        return data if isinstance(data, dict) else {}
+        """The resolved config.yaml as a plain dict ({} when missing or damaged)."""
+        return dict(self._read(CONFIG_FILE)[0] or {})
+
+    @property
+    def analysis(self) -> dict | None:
+        """analysis.json (``peftlab analyze``), or None when missing or damaged."""
+        return self._read(ANALYSIS_FILE)[0]
 
     @property
     def status(self) -> str:
@@ -231,30 +281,124 @@ class Run:
     def started_at(self) -> str | None:
         return self.meta.get("started_at")
 
+    @property
+    def seed(self) -> Any:
+        return self.meta.get("seed", self.config.get("seed"))
+
+    @property
+    def choices(self) -> dict:
+        """The config group options the run was composed from (method, model, dataset, ...)."""
+        choices = self.meta.get("choices")
+        return dict(choices) if isinstance(choices, dict) else {}
+
+    @property
+    def sweep(self) -> dict | None:
+        """``{"path", "name", "version", "member"}`` when the run is a sweep member, else None."""
+        sweep = self.meta.get("sweep")
+        return dict(sweep) if isinstance(sweep, dict) else None
+
+    @property
+    def metric_name(self) -> str | None:
+        """The run's key metric: summary.json ``metric``, else the config's ``trainer.metric``."""
+        if self.summary.get("metric"):
+            return str(self.summary["metric"])
+        trainer = self.config.get("trainer")
+        metric = trainer.get("metric") if isinstance(trainer, dict) else None
+        return str(metric) if metric else None
+
     def metrics(self) -> list[dict]:
         """Every record of metrics.jsonl; a truncated or damaged line (a crash mid-write) is skipped."""
-        return read_jsonl(self.metrics_path)
+        if self._metrics is None:
+            self._metrics = read_jsonl(self.metrics_path)
+        return list(self._metrics)
 
-    def overrides(self) -> list[str]:
-        """The overrides the user typed (overrides.txt), one per line."""
+    def checkpoints(self) -> list[Path]:
+        """The complete checkpoint folders, oldest first (one still being written ends in .tmp)."""
         try:
-            text = self.overrides_path.read_text(encoding="utf-8")
+            names = os.listdir(self.checkpoints_dir)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return [line for line in text.splitlines() if line.strip()]
+        return [self.checkpoints_dir / n for n in sorted(names)
+                if n.startswith(CHECKPOINT_PREFIX) and not n.endswith(".tmp")]
+
+    def overrides(self) -> list[str]:
+        """The overrides the user typed (overrides.txt), one per line; blank and # lines are skipped."""
+        text = self._read(OVERRIDES_FILE)[0] or ""
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+    # ---- values by key (``--where``, the columns of ``peftlab runs``, compare's grouping)
+    def override_map(self) -> dict[str, str]:
+        """``{"method.rank": "8", ...}`` of overrides.txt."""
+        return dict(kv for line in self.overrides() if (kv := override_key(line)))
+
+    def value(self, key: str) -> Any:
+        """The run's value for ``key``: status, seed, sweep, a group choice, a config value or an override.
+
+        MISSING when the run has none of them (``--where`` then never matches it).
+        """
+        special = self._special_value(key)
+        if special is not MISSING:
+            return special
+        if key in self.choices:
+            return self.choices[key]
+        node: Any = self.config
+        found = True
+        for part in key.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                found = False
+                break
+        if found and not isinstance(node, dict):
+            return node
+        overrides = self.override_map()
+        if key in overrides:
+            return parse_scalar(overrides[key])
+        if found:  # a config group without a recorded choice: its _target_ names it
+            return node.get("_target_", "").rsplit(".", 1)[-1] or MISSING
+        return MISSING
+
+    def _special_value(self, key: str) -> Any:
+        """Values that live in meta.json rather than the config: status, seed, sweep, sweep.member."""
+        if key == "status":
+            return self.status
+        if key == "seed":
+            return self.seed
+        if key in ("sweep", "sweep.member"):
+            sweep = self.sweep
+            if sweep is None:
+                return MISSING
+            return f"{sweep.get('name')}/{sweep.get('version')}" if key == "sweep" else sweep.get("member", MISSING)
+        return MISSING
+
+    def config_keys(self) -> list[str]:
+        """Every dotted key of the resolved config and the group choices (for did-you-mean)."""
+        out: list[str] = list(self.choices)
+
+        def walk(node: dict, prefix: str) -> None:
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                out.append(key)
+                if isinstance(v, dict):
+                    walk(v, key + ".")
+
+        walk(self.config, "")
+        return out
 
     # ---- writing
     def write_config(self, config_yaml: str, overrides: list[str]) -> None:
         """Write the resolved config.yaml and overrides.txt (both atomically)."""
         atomic_write_text(self.config_path, config_yaml)
         atomic_write_text(self.overrides_path, "".join(f"{o}\n" for o in overrides))
+        self._files.pop(CONFIG_FILE, None)
+        self._files.pop(OVERRIDES_FILE, None)
 
     def write_meta(self, **fields: Any) -> dict:
         """Merge ``fields`` into meta.json (read-modify-write, atomic); returns the new meta."""
         meta = _read_json(self.meta_path)
         meta.update(fields)
         atomic_write_json(self.meta_path, meta)
-        self._meta = meta
+        self._files[META_FILE] = (meta, None)
         return dict(meta)
 
     def set_status(self, status: str, **fields: Any) -> dict:
@@ -281,7 +425,7 @@ class Run:
             meta.update(ended_at=None, pid=os.getpid(), host=socket.gethostname())
         meta.update(status=status, **fields)
         atomic_write_json(self.meta_path, meta)
-        self._meta = meta
+        self._files[META_FILE] = (meta, None)
         return dict(meta)
 
     # ---- ownership
@@ -310,6 +454,7 @@ class Run:
                     f.write(b"\n")
             f.write(line.encode("utf-8") + b"\n")
             f.flush()
+        self._metrics = None
 
     def metrics_size(self) -> int:
         """Bytes of metrics.jsonl (a checkpoint records it, so resume can cut what came after)."""
@@ -323,10 +468,12 @@ class Run:
         if self.metrics_size() > size:
             with open(self.metrics_path, "r+b") as f:
                 f.truncate(size)
+            self._metrics = None
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json atomically."""
         atomic_write_json(self.summary_path, summary)
+        self._files.pop(SUMMARY_FILE, None)
 
 
 # --------------------------------------------------------------------------- the store
@@ -425,9 +572,9 @@ def discard(run: Run) -> None:
 def open_run(path: str | Path) -> Run:
     """The run at ``path``; UserError when the folder has no meta.json."""
     path = Path(path)
-    if not (path / "meta.json").is_file():
+    if not (path / META_FILE).is_file():
         raise UserError(
-            f"'{path}' is not a run folder (no meta.json): pass a folder like runs/<name>/v<N>, "
+            f"'{path}' is not a run folder (no {META_FILE}): pass a folder like runs/<name>/v<N>, "
             f"or a run name; list them with `peftlab runs`"
         )
     return Run(path)
@@ -443,8 +590,15 @@ def _started_ts(run: Run) -> float:
         return 0.0
 
 
+def newest_first(runs: list[Run]) -> list[Run]:
+    """``runs`` sorted by started_at, newest first (versions of one name break ties)."""
+    keyed = [(_started_ts(r), version_number(r.version) or 0, r) for r in runs]
+    keyed.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    return [r for _, _, r in keyed]
+
+
 def list_runs(root: str | Path) -> list[Run]:
-    """Every run under ``root`` (``root/*/v*/meta.json``), newest first by started_at."""
+    """Every run of the store at ``root`` (``root/<name>/v<N>/meta.json``), newest first by started_at."""
     root = Path(root)
     runs = []
     try:
@@ -456,11 +610,27 @@ def list_runs(root: str | Path) -> list[Run]:
             continue
         for _, version in versions(Path(entry.path)):
             folder = Path(entry.path) / version
-            if (folder / "meta.json").is_file():
+            if (folder / META_FILE).is_file():
                 runs.append(Run(folder))
-    keyed = [(_started_ts(r), version_number(r.version) or 0, r) for r in runs]
-    keyed.sort(key=lambda t: (t[0], t[1]), reverse=True)
-    return [r for _, _, r in keyed]
+    return newest_first(runs)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder holding meta.json (and not sweep.json: a sweep folder is not a run)."""
+    return (folder / META_FILE).is_file() and not (folder / SWEEP_FILE).is_file()
+
+
+def walk_runs(folder: str | Path) -> list[Run]:
+    """Every run folder in ``folder`` at any depth, in path order; run folders are not searched further."""
+    found: list[Run] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        # the listing os.walk already made, rather than two stat calls per folder
+        if META_FILE in filenames and SWEEP_FILE not in filenames:
+            found.append(Run(dirpath))
+            dirnames[:] = []  # a run folder holds no runs (skip adapter/, checkpoints/)
+        else:
+            dirnames.sort()
+    return found
 
 
 def run_names(root: str | Path) -> list[str]:
@@ -473,7 +643,7 @@ def run_names(root: str | Path) -> list[str]:
     names = []
     for entry in entries:
         if entry.is_dir() and any(
-            (Path(entry.path) / v / "meta.json").is_file() for _, v in versions(Path(entry.path))
+            (Path(entry.path) / v / META_FILE).is_file() for _, v in versions(Path(entry.path))
         ):
             names.append(entry.name)
     return sorted(names)
@@ -481,7 +651,7 @@ def run_names(root: str | Path) -> list[str]:
 
 def _latest(folder: Path) -> Run | None:
     for _, version in reversed(versions(folder)):
-        if (folder / version / "meta.json").is_file():
+        if (folder / version / META_FILE).is_file():
             return Run(folder / version)
     return None
 
@@ -501,7 +671,7 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     # 1. a run folder (or a folder of versions) on disk
     candidates = (path,) if path.is_absolute() else (root / text, path)
     for candidate in candidates:
-        if (candidate / "meta.json").is_file():
+        if (candidate / META_FILE).is_file():
             return Run(candidate)
         if candidate.is_dir() and versions(candidate):
             latest = _latest(candidate)
@@ -512,14 +682,14 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     head, sep, tail = text.rstrip("/").rpartition("/")
     # 2. name/vN whose version is missing
     if sep and version_number(tail) is not None and (root / head).is_dir():
-        known = [v for _, v in versions(root / head) if (root / head / v / "meta.json").is_file()]
+        known = [v for _, v in versions(root / head) if (root / head / v / META_FILE).is_file()]
         if known:
             raise UserError(
                 f"run '{head}' has no version '{tail}'{did_you_mean(tail, known)}; "
                 f"its versions: {', '.join(known)}"
             )
     # 3. a path that exists but is not a run
-    if path.is_dir() and not (path / "meta.json").is_file() and (sep or path.is_absolute() or text.startswith(".")):
+    if path.is_dir() and not (path / META_FILE).is_file() and (sep or path.is_absolute() or text.startswith(".")):
         open_run(path)  # raises the "is not a run folder" UserError
 
     wanted = head if sep and version_number(tail) is not None else text
@@ -543,3 +713,10 @@ def is_stale(run: Run) -> bool:
     if host != socket.gethostname():
         return False
     return pid_alive(meta.get("pid")) is False
+
+
+def is_live(run: Run) -> bool:
+    """Whether a live process may still write the run (its flock is held, or it runs and is not stale)."""
+    if run.owner() is not None:
+        return True
+    return run.status == "running" and not is_stale(run)

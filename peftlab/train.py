@@ -43,6 +43,7 @@ from peftlab.errors import RunInterrupted, UserError, storage_problem
 from peftlab.evaluate import make_loader
 from peftlab.experiment import (Experiment, build_experiment, count_parameters, frozen_fingerprint, read_trained,
                                 save_adapter)
+from peftlab.naming import run_name
 from peftlab.nonfinite import Guard, NonFinite
 from peftlab.progress import Progress
 from peftlab.regularizers.base import RegularizerContext
@@ -550,8 +551,7 @@ def _build(cfg: DictConfig) -> Experiment:
 def _create(cfg: DictConfig, overrides: list[str], argv: list[str], choices: dict[str, str],
             stamp: dict[str, Any]) -> tuple[runs.Run, runs.Ownership]:
     """A new run folder, owned by this process; nothing is left behind if setting it up fails."""
-    name = str(cfg.name) if cfg.get("name") else default_name(choices)
-    run = runs.allocate(runs.runs_root(cfg.runs_dir), name)
+    run = runs.allocate(runs.runs_root(cfg.runs_dir), run_name(cfg, choices))
     owner = None
     try:
         owner = run.own()
@@ -635,7 +635,7 @@ def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
     if exp.cfg.get("analysis"):
         from peftlab.analysis.run import analyze_experiment
 
-        runs.atomic_write_json(run.path / "analysis.json", analyze_experiment(exp))
+        runs.atomic_write_json(run.analysis_path, analyze_experiment(exp))
     run.write_summary(summary)
     run.set_status("completed")
 
@@ -651,10 +651,6 @@ def config_hash(cfg: DictConfig) -> str:
         plain.pop(key, None)
     text = json.dumps(runs.finite_or_none(plain), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def default_name(choices: dict[str, str]) -> str:
-    return "-".join(str(choices.get(k, k)) for k in ("method", "model", "dataset")).replace("/", "_")
 
 
 def _overrides_key(overrides: list[str], key: str) -> bool:

@@ -260,8 +260,9 @@ def test_runs_still_lists_every_run_when_one_is_damaged(tiny_run, runs_dir):
     result = peftlab("runs")
     line = one_error_line(result)
     assert "bad/v1/summary.json" in line
-    rows = {row.split()[0]: row.split()[2] for row in result.stdout.splitlines() if row.split()[:1] in (["good"], ["bad"])}
-    assert rows == {"good": "completed", "bad": "damaged"}
+    rows = {row.split()[0]: row.split()[1] for row in result.stdout.splitlines()
+            if row.split()[:1] in (["good/v1"], ["bad/v1"])}
+    assert rows == {"good/v1": "completed", "bad/v1": "damaged"}
 
 
 @pytest.mark.parametrize("command", ["show", "runs"])

@@ -99,9 +99,12 @@ def test_runs_lists_newest_first_with_status_method_metric(store):
     out = peftlab("runs", "--runs-dir", str(store))
     assert out.returncode == 0, out.stderr
     lines = [line.split() for line in out.stdout.splitlines() if "minilm" in line]
-    assert lines[0][:4] == ["lora-minilm", "v2", "failed", "lora"] and lines[0][4] == "-"
-    assert lines[1][:5] == ["lora-minilm", "v1", "completed", "lora", "0.8512"]
-    assert lines[2][:4] == ["full-minilm", "v1", "completed", "LoRA"]
+    # the typed settings that differ between the runs get a column each: method.rank and trainer.max_steps
+    header = next(line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["run"])
+    assert header == ["run", "status", "method", "rank", "max_steps", "accuracy", "age"]
+    assert lines[0][:6] == ["lora-minilm/v2", "failed", "lora", "4", "150", "-"]
+    assert lines[1][:6] == ["lora-minilm/v1", "completed", "lora", "16", "300", "0.8512"]
+    assert lines[2][:5] == ["full-minilm/v1", "completed", "LoRA", "8", "150"]
     assert "0.7" in lines[2] and "(val)" in lines[2]
     assert "accuracy" in out.stdout
     for row in lines:
@@ -189,3 +192,93 @@ def test_show_a_folder_that_is_not_a_run(tmp_path):
     out = peftlab("show", str(tmp_path / "empty"), "--runs-dir", str(tmp_path))
     assert out.returncode == 2
     assert "is not a run folder" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- --where, settings and sweep columns
+
+
+@pytest.fixture()
+def varied(tmp_path) -> Path:
+    """Runs that differ in rank, learning rate and dataset; two of them members of one sweep."""
+    root = tmp_path / "varied"
+    for i, (rank, lr, dataset) in enumerate([(4, 0.001, "stdlib_docs"), (8, 0.001, "stdlib_docs"), (8, 0.0003, "arith")]):
+        run = _fabricate(root, f"lora-tiny-{dataset}", started_at=f"2024-05-0{i + 1}T10:00:00+00:00",
+                         changes={"method.rank": rank, "optimizer.lr": lr}, summary={"test": {"accuracy": 0.5 + i / 10}})
+        run.write_meta(choices={"method": "lora", "model": "tiny", "dataset": dataset},
+                       **({"sweep": {"path": "sweeps/grid/v2", "name": "grid", "version": "v2", "member": i}}
+                          if i < 2 else {}))
+    return root
+
+
+def _table(out: subprocess.CompletedProcess) -> tuple[list[str], dict[str, list[str]]]:
+    lines = [line.split() for line in out.stdout.splitlines() if line.strip()]
+    header = next(cells for cells in lines if cells[0] == "run")
+    return header, {cells[0]: cells for cells in lines if re.fullmatch(r"[\w.-]+/v\d+", cells[0])}
+
+
+def test_runs_shows_a_column_per_differing_setting_and_the_sweep(varied):
+    out = peftlab("runs", "--runs-dir", str(varied))
+    assert out.returncode == 0, out.stderr
+    header, rows = _table(out)
+    assert header == ["run", "status", "method", "rank", "lr", "dataset", "sweep", "accuracy", "age"]
+    assert rows["lora-tiny-stdlib_docs/v1"][3:7] == ["4", "0.001", "stdlib_docs", "grid/v2#0"]
+    assert rows["lora-tiny-stdlib_docs/v2"][3:7] == ["8", "0.001", "stdlib_docs", "grid/v2#1"]
+    assert rows["lora-tiny-arith/v1"][3:7] == ["8", "0.0003", "arith", "-"]
+
+
+def test_runs_where_filters_with_the_compare_syntax(varied):
+    out = peftlab("runs", "--runs-dir", str(varied), "--where", "method.rank>=8", "-w", "dataset=stdlib_docs")
+    assert out.returncode == 0, out.stderr
+    header, rows = _table(out)
+    assert list(rows) == ["lora-tiny-stdlib_docs/v2"]
+    assert "rank" not in header  # one run: nothing differs
+    by_sweep = _table(peftlab("runs", "--runs-dir", str(varied), "--where", "sweep=grid/v2"))[1]
+    assert sorted(by_sweep) == ["lora-tiny-stdlib_docs/v1", "lora-tiny-stdlib_docs/v2"]
+    none = peftlab("runs", "--runs-dir", str(varied), "--where", "seed=99")
+    assert none.returncode == 0 and "match seed=99" in none.stdout
+
+
+@pytest.mark.parametrize("where, says", [("method.rnak=8", "did you mean 'method.rank'"),
+                                         ("method.rank>>8", "needs a number on the right")])
+def test_runs_bad_where_is_one_line_exit_2(varied, where, says):
+    out = peftlab("runs", "--runs-dir", str(varied), "--where", where)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0] and where in lines[0]
+
+
+def test_runs_fits_80_columns_and_names_the_settings_left_out(varied):
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    out = subprocess.run([str(SCRIPT), "runs", "--runs-dir", str(varied)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert max(len(line.rstrip()) for line in out.stdout.splitlines()) <= 80
+    header, rows = _table(out)
+    assert len(rows) == 3
+    left_out = " ".join(out.stdout.split()).partition("also differ: ")[2]
+    for key, column in (("method.rank", "rank"), ("optimizer.lr", "lr"), ("dataset", "dataset")):
+        assert (column in header) != (key in left_out), (key, header, left_out)  # shown, or named below
+    assert "rank" in header  # what the user typed comes first
+
+
+COMMANDS_READING_RUNS = ("runs", "show", "compare", "clean", "sweep", "eval", "export", "analyze", "train")
+
+
+@pytest.mark.parametrize("command", COMMANDS_READING_RUNS)
+def test_every_command_that_reads_runs_takes_runs_dir(command):
+    out = peftlab(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--runs-dir" in out.stdout and "PEFTLAB_RUNS_DIR" in out.stdout
+
+
+def test_train_refuses_two_runs_folders(tmp_path):
+    out = peftlab("train", "model=tiny", f"runs_dir={tmp_path / 'a'}", "--runs-dir", str(tmp_path / "b"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "give only one of them" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_show_names_the_sweep_of_a_member(varied):
+    out = peftlab("show", "lora-tiny-stdlib_docs/v2", "--runs-dir", str(varied))
+    assert out.returncode == 0, out.stderr
+    assert "grid/v2, member #1 (sweeps/grid/v2)" in out.stdout

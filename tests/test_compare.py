@@ -35,7 +35,7 @@ def hermetic(tmp_path, monkeypatch):
 
 
 def fabricate_run(runs: Path, method: str, rank: int, seed: int, acc: float, *, version: int,
-                  status: str = "completed", analysis: bool = True) -> Path:
+                  status: str = "completed", analysis: bool = True, sweep: dict | None = None) -> Path:
     d = runs / f"{method}-minilm-stdlib_docs" / f"v{version}"
     d.mkdir(parents=True)
     config = {
@@ -52,6 +52,7 @@ def fabricate_run(runs: Path, method: str, rank: int, seed: int, acc: float, *, 
     (d / "meta.json").write_text(json.dumps({
         "status": status, "started_at": "2024-01-01T00:00:00", "ended_at": "2024-01-01T00:01:35",
         "seed": seed, "choices": {"method": method, "model": "minilm", "dataset": "stdlib_docs"},
+        **({"sweep": sweep} if sweep else {}),
     }))
     lines = []
     for step in range(10, 60, 10):
@@ -75,6 +76,12 @@ def fabricate_run(runs: Path, method: str, rank: int, seed: int, acc: float, *, 
     return d
 
 
+def member_stamp(index: int, path: str = "sweeps/grid/v1") -> dict:
+    """What train writes into a sweep member's meta.json (path relative to the runs root)."""
+    name, version = path.split("/")[-2:]
+    return {"path": path, "name": name, "version": version, "member": index}
+
+
 @pytest.fixture()
 def runs(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
@@ -83,11 +90,10 @@ def runs(tmp_path: Path) -> Path:
     for (method, rank), accs in GRID.items():
         for seed, acc in enumerate(accs):
             v = versions[method] = versions.get(method, -1) + 1
-            d = fabricate_run(root, method, rank, seed, acc, version=v)
-            # as run_ref writes it: relative to the sweep's runs root
-            members.append({"overrides": [f"method={method}", f"method.rank={rank}", f"seed={seed}"],
-                            "run": str(d.relative_to(root)), "status": "completed"})
-    members.append({"overrides": ["method=lora", "method.rank=16", "seed=0"], "run": None, "status": "pending"})
+            fabricate_run(root, method, rank, seed, acc, version=v, sweep=member_stamp(len(members)))
+            members.append({"index": len(members),
+                            "overrides": [f"method={method}", f"method.rank={rank}", f"seed={seed}"]})
+    members.append({"index": len(members), "overrides": ["method=lora", "method.rank=16", "seed=0"]})  # no run yet
     # one unfinished run outside the sweep
     fabricate_run(root, "lora", 8, 2, 0.5, version=99, status="running")
     sweep = root / "sweeps" / "grid" / "v1"
@@ -131,7 +137,7 @@ def test_sweep_folder_glob_and_dedup(runs):
     sweep = runs / "sweeps" / "grid" / "v1"
     notes: list[str] = []
     recs = cmp.collect([str(sweep)], notes=notes)
-    assert len(recs) == 8  # member paths are relative to the sweep's runs root
+    assert len(recs) == 8  # the runs whose meta.json names the sweep
     assert any("no run folder yet" in n for n in notes)
     both = cmp.collect([str(runs), str(sweep), str(runs / "lora-*" / "*"), str(recs[0].path)])
     assert len(both) == 9  # 8 completed + 1 running, each once
@@ -378,20 +384,21 @@ def test_cli_piped_at_narrow_width_shows_the_metric_whole(runs, width):
 
 
 # ------------------------------------------------------------ sweep members ---
-def _sweep_with_member(root: Path, ref: str) -> Path:
+def _sweep(root: Path, members: int = 1) -> Path:
     sweep = root / "sweeps" / "s" / "v1"
     sweep.mkdir(parents=True)
     (sweep / "sweep.json").write_text(json.dumps({"name": "s", "version": "v1", "members": [
-        {"index": 0, "overrides": ["method=lora"], "run": ref, "status": "completed"}]}))
+        {"index": i, "overrides": ["method=lora"]} for i in range(members)]}))
     return sweep
 
 
 def test_sweep_member_is_read_under_the_sweeps_runs_root_not_the_cwd(tmp_path, monkeypatch):
     root = tmp_path / "store" / "runs"
-    ours = fabricate_run(root, "lora", 8, 0, 0.7, version=1)  # root/lora-minilm-stdlib_docs/v1
-    sweep = _sweep_with_member(root, "lora-minilm-stdlib_docs/v1")
+    ours = fabricate_run(root, "lora", 8, 0, 0.7, version=1, sweep=member_stamp(0, "sweeps/s/v1"))
+    sweep = _sweep(root)
     cwd = tmp_path / "elsewhere"
-    decoy = fabricate_run(cwd, "lora", 8, 0, 0.1, version=1)  # ./lora-minilm-stdlib_docs/v1
+    # a decoy stamped with the same relative sweep path, under the current directory's runs/
+    decoy = fabricate_run(cwd / "runs", "lora", 8, 0, 0.1, version=1, sweep=member_stamp(0, "sweeps/s/v1"))
     monkeypatch.chdir(cwd)
     notes: list[str] = []
     recs = cmp.collect([str(sweep)], notes=notes)
@@ -402,25 +409,24 @@ def test_sweep_member_is_read_under_the_sweeps_runs_root_not_the_cwd(tmp_path, m
 
 def test_sweep_member_missing_under_its_root_is_not_found_elsewhere(tmp_path, monkeypatch):
     root = tmp_path / "store" / "runs"
-    sweep = _sweep_with_member(root, "lora-minilm-stdlib_docs/v1")
-    fabricate_run(tmp_path / "elsewhere", "lora", 8, 0, 0.1, version=1)
+    sweep = _sweep(root)
+    fabricate_run(tmp_path / "elsewhere" / "runs", "lora", 8, 0, 0.1, version=1, sweep=member_stamp(0, "sweeps/s/v1"))
     monkeypatch.chdir(tmp_path / "elsewhere")
     notes: list[str] = []
     assert cmp.collect([str(sweep)], notes=notes) == []
-    assert notes == [f"1 member run folder(s) of sweep {sweep} were not found under {root.resolve()}"]
+    assert notes == [f"1 member(s) of sweep {sweep} have no run folder yet"]
 
 
-def test_run_path_resolves_only_against_the_runs_root(tmp_path, monkeypatch):
-    from peftlab.sweep.members import run_path
-
+def test_a_member_is_its_newest_run_and_an_absolute_stamp_is_found(tmp_path):
     root = tmp_path / "runs"
-    sweep = root / "sweeps" / "s" / "v1"
-    sweep.mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    fabricate_run(tmp_path, "lora", 8, 0, 0.1, version=1)  # a decoy at ./lora-minilm-stdlib_docs/v1
-    assert run_path(sweep, "lora-minilm-stdlib_docs/v1") == root.resolve() / "lora-minilm-stdlib_docs" / "v1"
-    assert run_path(sweep, str(tmp_path / "abs")) == tmp_path / "abs"
-    assert run_path(sweep, None) is None and run_path(sweep, "") is None
+    sweep = _sweep(root, members=2)
+    fabricate_run(root, "lora", 8, 0, 0.1, version=1, status="failed", sweep=member_stamp(0, "sweeps/s/v1"))
+    retried = fabricate_run(root, "lora", 8, 0, 0.7, version=2, sweep=member_stamp(0, "sweeps/s/v1"))
+    meta = json.loads((retried / "meta.json").read_text())
+    (retried / "meta.json").write_text(json.dumps({**meta, "started_at": "2024-01-02T00:00:00"}))
+    absolute = fabricate_run(root, "pissa", 8, 0, 0.6, version=1, sweep=member_stamp(1, str(sweep.resolve())))
+    recs = cmp.collect([str(sweep)], notes=[])
+    assert sorted(r.path for r in recs) == sorted([retried, absolute])
 
 
 def test_collecting_a_sweep_imports_no_torch(runs):

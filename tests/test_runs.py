@@ -328,3 +328,34 @@ def test_resume_moves_the_previous_ending_into_the_history(tmp_path):
     run.set_status("running")
     meta = run.meta
     assert "error" not in meta and meta["history"][0]["status"] == "failed" and meta["history"][0]["error"] == "boom"
+
+
+# --------------------------------------------------------------------------- default names
+
+
+def test_default_name_uses_a_local_datasets_own_name(tmp_path):
+    from peftlab.config import compose
+    from peftlab.naming import default_name, run_name
+
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\na,0\n")
+    folder = tmp_path / "support-tickets"
+    folder.mkdir()
+    choices = {"method": "lora", "model": "tiny", "dataset": "hf"}
+    assert default_name(choices, str(data)) == "lora-tiny-reviews"
+    assert default_name(choices, str(folder)) == "lora-tiny-support-tickets"
+    assert default_name(choices, "stanfordnlp/imdb") == "lora-tiny-hf"  # a hub id is not a local dataset
+    assert default_name({"method": "lora", "model": "tiny", "dataset": "stdlib_docs"}) == "lora-tiny-stdlib_docs"
+    cfg = compose(["model=tiny", "dataset=hf", f"dataset.path={data}"])
+    assert run_name(cfg, choices) == "lora-tiny-reviews"
+    assert run_name(compose(["name=mine"]), choices) == "mine"
+
+
+def test_runs_dir_is_resolved_in_one_place(tmp_path, monkeypatch):
+    from peftlab.config import compose
+
+    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(tmp_path / "env"))
+    cfg = compose([])
+    assert cfg.runs_dir is None  # the config leaves it to runs.runs_root
+    assert runs.runs_root(cfg.runs_dir) == tmp_path / "env"
+    assert runs.runs_root(compose([f"runs_dir={tmp_path / 'cfg'}"]).runs_dir) == tmp_path / "cfg"

@@ -41,13 +41,22 @@ def _sweep_dirs(runs: Path) -> list[Path]:
 
 
 def _members(sweep_dir: Path) -> list[dict]:
-    return json.loads((sweep_dir / "sweep.json").read_text())["members"]
+    """Each member as its run folders say (the newest run whose meta.json names the sweep and member)."""
+    from peftlab import sweep as sw
+
+    return [{"index": m.index, "overrides": m.overrides, "status": m.status, "error": m.error,
+             "run": str(m.run.path) if m.run is not None else None} for m in sw.members(sweep_dir)]
 
 
 def _member_run(sweep_dir: Path, member: dict) -> Path:
-    """Where `peftlab compare` finds a member's run: relative paths are under the runs folder."""
-    p = Path(member["run"])
-    return p if p.is_absolute() else sweep_dir.parents[2] / p
+    """The member's newest run folder (what `peftlab compare` reads)."""
+    return Path(member["run"])
+
+
+def _sweep_status(sweep_dir: Path) -> str:
+    from peftlab import sweep as sw
+
+    return sw.state(sweep_dir).status
 
 
 def _runs_with_status(runs: Path, status: str) -> list[Path]:
@@ -130,8 +139,14 @@ def test_grid_runs_every_member_and_records_it(grid_sweep):
     (sweep_dir,) = _sweep_dirs(runs)
     data = json.loads((sweep_dir / "sweep.json").read_text())
     assert data["name"] == "method-method.rank" and data["version"] == sweep_dir.name == "v1"
-    assert data["grid"] == GRID and data["status"] == "completed"
+    assert data["grid"] == GRID and _sweep_status(sweep_dir) == "completed"
+    assert [m["overrides"][-2:] for m in data["members"]] == [m["overrides"][-2:] for m in _members(sweep_dir)]
+    assert not (sweep_dir / "members").exists()  # the run folders alone say how the members ended
     members = _check_completed(sweep_dir, 4)
+    for m in members:
+        stamp = json.loads((_member_run(sweep_dir, m) / "meta.json").read_text())["sweep"]
+        assert stamp == {"path": "sweeps/method-method.rank/v1", "name": "method-method.rank", "version": "v1",
+                         "member": m["index"]}
     assert [m["overrides"][-2:] for m in members] == [
         ["method=lora", "method.rank=2"], ["method=lora", "method.rank=4"],
         ["method=pissa", "method.rank=2"], ["method=pissa", "method.rank=4"],
@@ -150,6 +165,9 @@ def test_compare_reads_the_sweep_folder(grid_sweep):
     table = peftlab("compare", str(sweep_dir), env={"COLUMNS": "200"})
     assert table.returncode == 0, table.stderr
     assert "4 run(s), 4 configuration(s)" in table.stdout
+    status = peftlab("sweep", "--status", "method-method.rank", env={"PEFTLAB_RUNS_DIR": str(runs)})
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("sweep method-method.rank/v1: 4 completed of 4 (completed)\n"), status.stdout
 
 
 @needs_joblib
@@ -196,7 +214,9 @@ def test_a_member_user_error_fails_only_that_member(runs_dir):
     ok, bad = _members(sweep_dir)
     assert ok["status"] == "completed" and _member_run(sweep_dir, ok).is_dir()
     assert bad["status"] == "failed" and "method.rank=1000" in bad["error"] and "method.rank <=" in bad["error"]
-    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "failed"
+    # it failed before training made its folder: it gets one anyway, marked failed with the error
+    assert json.loads((_member_run(sweep_dir, bad) / "meta.json").read_text())["status"] == "failed"
+    assert _sweep_status(sweep_dir) == "failed"
 
 
 def test_killed_sweep_continues_with_only_the_missing_members(runs_dir):
@@ -234,63 +254,57 @@ def test_killed_sweep_continues_with_only_the_missing_members(runs_dir):
     assert len(_runs_with_status(runs_dir, "completed")) == 4
 
 
-def _fake_sweep(runs: Path, record: dict | None, run_meta: dict | None) -> Path:
-    """A sweep folder with one member whose process died, and (optionally) the run it started."""
+def _fake_sweep(runs: Path, run_meta: dict | None) -> Path:
+    """A sweep folder with one member, and (optionally) the run it started, stamped as train stamps it."""
     import socket
 
     if run_meta is not None:
         run = runs / "lora-tiny-stdlib_docs" / "v1"
         run.mkdir(parents=True)
-        (run / "meta.json").write_text(json.dumps({"host": socket.gethostname(), **run_meta}))
+        stamp = {"path": "sweeps/seed/v1", "name": "seed", "version": "v1", "member": 0}
+        (run / "meta.json").write_text(json.dumps({"host": socket.gethostname(), "sweep": stamp, **run_meta}))
         (run / "summary.json").write_text("{}")
     sweep_dir = runs / "sweeps" / "seed" / "v1"
     sweep_dir.mkdir(parents=True)
     (sweep_dir / "sweep.json").write_text(json.dumps({
-        "name": "seed", "version": "v1", "grid": ["seed=0"], "count": 1, "status": "running",
-        "members": [{"index": 0, "overrides": ["seed=0"], "run": None, "status": "pending"}],
+        "name": "seed", "version": "v1", "grid": ["seed=0"], "count": 1,
+        "members": [{"index": 0, "overrides": ["seed=0"]}],
     }))
-    if record is not None:
-        (sweep_dir / "members").mkdir()
-        (sweep_dir / "members" / "0.json").write_text(json.dumps({
-            "index": 0, "overrides": ["seed=0"], "run": None, "host": socket.gethostname(), **record}))
     return sweep_dir
 
 
 @pytest.mark.parametrize("run_status, member_status", [("completed", "completed"), ("running", "interrupted")])
-def test_refresh_keeps_the_run_of_a_member_killed_before_it_ended(runs_dir, run_status, member_status):
+def test_a_member_killed_before_it_ended_keeps_its_run(runs_dir, run_status, member_status):
     from peftlab import sweep as sw
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    # A member records its run as soon as the folder exists (train's on_run), then is killed.
-    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": dead.pid, "run": "lora-tiny-stdlib_docs/v1"},
-                            {"status": run_status, "pid": dead.pid})
-    (member,) = sw.refresh(sweep_dir)["members"]
-    assert member["run"] == "lora-tiny-stdlib_docs/v1" and member["status"] == member_status
+    # train stamped the member's run as it created it; then the member's process was killed.
+    sweep_dir = _fake_sweep(runs_dir, {"status": run_status, "pid": dead.pid})
+    (member,) = _members(sweep_dir)
+    assert member["status"] == member_status
     assert _member_run(sweep_dir, member) == runs_dir / "lora-tiny-stdlib_docs" / "v1"
+    assert sw.state(sweep_dir).status == ("completed" if run_status == "completed" else "interrupted")
 
 
-@pytest.mark.parametrize("assume_dead", [False, True])
 @pytest.mark.parametrize("writer_pid_alive, run_owned, member_status", [
     (True, False, "interrupted"),  # the pid lives on (another process now), but nobody holds the run
     (False, True, "running"),  # a live process still writes the run: never taken for dead
 ])
-def test_refresh_asks_the_runs_lock_whether_a_member_still_trains(runs_dir, assume_dead, writer_pid_alive,
-                                                                  run_owned, member_status):
+def test_a_members_status_asks_the_runs_lock_whether_it_still_trains(runs_dir, writer_pid_alive, run_owned,
+                                                                      member_status):
     from peftlab import runs
-    from peftlab import sweep as sw
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     pid = os.getpid() if writer_pid_alive else dead.pid
-    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": pid, "run": "lora-tiny-stdlib_docs/v1"},
-                            {"status": "running", "pid": pid})
+    sweep_dir = _fake_sweep(runs_dir, {"status": "running", "pid": pid})
     run = runs.Run(runs_dir / "lora-tiny-stdlib_docs" / "v1")
     owner = run.own()  # how training holds its run (an flock on <run>/.owner)
     if not run_owned:
         owner.release()
     try:
-        (member,) = sw.refresh(sweep_dir, assume_dead=assume_dead)["members"]
+        (member,) = _members(sweep_dir)
     finally:
         owner.release()
     assert member["status"] == member_status
@@ -302,7 +316,7 @@ def test_continue_refuses_a_sweep_that_is_still_running(runs_dir):
     from peftlab import sweep as sw
     from peftlab.errors import UserError
 
-    sweep_dir = _fake_sweep(runs_dir, None, None)
+    sweep_dir = _fake_sweep(runs_dir, None)
     data = json.loads((sweep_dir / "sweep.json").read_text())
     data.update(pid=os.getppid(), host=socket.gethostname())
     (sweep_dir / "sweep.json").write_text(json.dumps(data))

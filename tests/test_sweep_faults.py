@@ -148,17 +148,22 @@ def _checkpointed(runs: Path) -> list[Path]:
     return [r for r in _run_dirs(runs) if _checkpoints(r)]
 
 
-def _records(sweep_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((sweep_dir / "members").glob("*.json"))]
-
-
 def _members(sweep_dir: Path) -> list[dict]:
-    return json.loads((sweep_dir / "sweep.json").read_text())["members"]
+    """Each member as its run folders say (the newest run whose meta.json names the sweep and member)."""
+    from peftlab import sweep as sw
+
+    return [{"index": m.index, "overrides": m.overrides, "status": m.status,
+             "run": str(m.run.path) if m.run is not None else None} for m in sw.members(sweep_dir)]
 
 
 def _member_run(sweep_dir: Path, member: dict) -> Path:
-    p = Path(member["run"])
-    return p if p.is_absolute() else sweep_dir.parents[2] / p
+    return Path(member["run"])
+
+
+def _sweep_status(sweep_dir: Path) -> str:
+    from peftlab import sweep as sw
+
+    return sw.state(sweep_dir).status
 
 
 # --------------------------------------------------------------------------- what a good end looks like
@@ -229,18 +234,17 @@ def _fake_sweep_with_a_written_run(runs: Path) -> tuple[Path, Path]:
     """A stopped sweep whose one member's run is still marked running (its writer outlived the sweep)."""
     run = runs / "lora-tiny-stdlib_docs" / "v1"
     run.mkdir(parents=True)
-    (run / "meta.json").write_text(json.dumps({"status": "running", "host": socket.gethostname(), "pid": 1}))
+    stamp = {"path": "sweeps/seed/v1", "name": "seed", "version": "v1", "member": 0}  # as train stamps a member
+    (run / "meta.json").write_text(json.dumps({"status": "running", "host": socket.gethostname(), "pid": 1,
+                                               "sweep": stamp}))
     sweep_dir = runs / "sweeps" / "seed" / "v1"
-    (sweep_dir / "members").mkdir(parents=True)
+    sweep_dir.mkdir(parents=True)
     overrides = ["model=tiny", "trainer.max_steps=2", "seed=0"]
     (sweep_dir / "sweep.json").write_text(json.dumps({
-        "name": "seed", "version": "v1", "grid": ["seed=0"], "count": 1, "status": "interrupted",
+        "name": "seed", "version": "v1", "grid": ["seed=0"], "count": 1,
         "pid": 999_999_999, "host": socket.gethostname(), "hydra_overrides": [], "config_dirs": [],
-        "members": [{"index": 0, "overrides": overrides, "run": None, "status": "pending"}],
+        "members": [{"index": 0, "overrides": overrides}],
     }))
-    (sweep_dir / "members" / "0.json").write_text(json.dumps({
-        "index": 0, "overrides": overrides, "status": "running", "run": "lora-tiny-stdlib_docs/v1",
-        "pid": 999_999_999, "host": socket.gethostname()}))
     return sweep_dir, run
 
 
@@ -292,7 +296,7 @@ def test_workers_stop_with_their_killed_sweep_and_continue_resumes_them_exactly(
         os.kill(proc.pid, signal.SIGKILL)  # the sweep process alone: its workers are orphaned
         proc.wait(timeout=30)
         sweep_dir = _sweep_dir(runs)
-        workers = {r["pid"] for r in _records(sweep_dir)}
+        workers = {_meta(r)["pid"] for r in _run_dirs(runs)}  # the processes that train the members' runs
         assert len(workers) == 2 and proc.pid not in workers
         _wait_for(lambda: all(_meta(r).get("status") not in (None, "running") for r in _run_dirs(runs)), 60,
                   "the orphaned members to end", log=log)
@@ -301,7 +305,7 @@ def test_workers_stop_with_their_killed_sweep_and_continue_resumes_them_exactly(
         for run in started:
             _assert_stopped_cleanly(run)
         _wait_for(lambda: not any(_alive(pid) for pid in workers), 30, "the orphaned workers to exit", log=log)
-        assert [r["status"] for r in _records(sweep_dir)] == ["interrupted", "interrupted"]
+        assert sorted(m["status"] for m in _members(sweep_dir)) == ["interrupted", "interrupted", "pending"]
         assert len(_run_dirs(runs)) == 2
     finally:
         _end_group(proc)
@@ -356,7 +360,7 @@ def test_a_signalled_sweep_checkpoints_its_members_and_continue_completes_it(tmp
         for run in stopped:
             _assert_stopped_cleanly(run)
         sweep_dir = _sweep_dir(runs)
-        assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "interrupted"
+        assert _sweep_status(sweep_dir) == "interrupted"
     finally:
         _end_group(proc)
 

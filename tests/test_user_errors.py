@@ -164,6 +164,12 @@ CASES: dict[str, Case] = {
     "compare unknown --metric": Case(("compare", "runs", "--metric", "acuracy"), ("acuracy", "did you mean 'accuracy'"),
                                      store),
     "compare unknown --format": Case(("compare", "runs", "--format", "yaml"), ("yaml", "markdown"), store),
+    "compare unknown run name": Case(("compare", "tinny", "--runs-dir", "runs"), ("tinny", "--runs-dir"), store),
+    # managing runs
+    "runs --where unknown key": Case(("runs", "--where", "method.rnak=8"), ("method.rnak=8", "did you mean"), store),
+    "clean --runs without a selection": Case(("clean", "--runs"), ("--runs", "--where"), store),
+    "clean unknown run": Case(("clean", "--runs", "nope", "--yes"), ("nope",), store),
+    "sweep --status of a run": Case(("sweep", "--status", "runs/tiny/v1"), ("runs/tiny/v1", "sweep.json"), store),
 }
 
 PARAMS = list(CASES)
@@ -247,4 +253,5 @@ def test_local_csv_with_column_mapping_trains(runs_dir, tmp_path):
                      "dataset.label_field=stars", "trainer.max_steps=3", "trainer.batch_size=4", "-q")
     assert result.returncode == 0, result.stderr
     assert runs.list_runs(runs_dir)[0].status == "completed"
+    assert runs.list_runs(runs_dir)[0].name == "lora-tiny-reviews"  # named after the local file, not the loader
 

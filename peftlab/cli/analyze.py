@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import console
+from peftlab.cli.common import console, runs_dir_option
 from peftlab.run_files import check_trained
 
 
@@ -16,7 +16,7 @@ def analyze_command(
     run: str = typer.Argument(..., help="run folder, name (latest version) or name/vN"),
     top_k: int = typer.Option(10, "--top-k", help="singular vectors of the fine-tuned weight checked for intruders"),
     epsilon: float = typer.Option(0.5, "--epsilon", help="a vector is an intruder when its best cosine is below this"),
-    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="where runs live (default: runs/ or PEFTLAB_RUNS_DIR)"),
+    runs_dir: Optional[str] = runs_dir_option(),
     layers: int = typer.Option(12, "--layers", help="how many layers to list (most intruders first)"),
 ) -> None:
     """Intruder dimensions, effective rank (RankMe), norms and subspace overlap of the update."""
@@ -33,7 +33,7 @@ def analyze_command(
     from peftlab.experiment import load_trained
 
     result = analyze_experiment(load_trained(target.path), top_k=top_k, epsilon=epsilon)
-    runs.atomic_write_json(target.path / "analysis.json", result)
+    runs.atomic_write_json(target.analysis_path, result)
     model = result["model"]
     table = Table(title=f"{target.label}: spectral diagnostics per layer", title_justify="left")
     for col in ("layer", "intruders", "rankme", "spectral", "frobenius", "overlap"):
@@ -48,4 +48,4 @@ def analyze_command(
         f"(top-{top_k}, epsilon {epsilon}); mean RankMe {model['rankme_mean']:.2f}; "
         f"mean overlap {model['subspace_overlap_mean']:.3f}"
     )
-    console.print(f"written: {target.path / 'analysis.json'}")
+    console.print(f"written: {target.analysis_path}")

@@ -10,14 +10,16 @@ from typing import List, Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import console
+from peftlab.cli.common import console, runs_dir_option, where_option
 
 FORMATS = ("table", "markdown", "csv", "json")
 
 
 @app.command("compare")
 def compare_command(
-    paths: List[str] = typer.Argument(..., help="run folders, sweep folders, folders of runs, or globs"),
+    paths: List[str] = typer.Argument(
+        ..., help="run folders, sweep folders, folders of runs, globs, or names under --runs-dir (all versions)"
+    ),
     metric: Optional[str] = typer.Option(
         None, "--metric", "-m",
         help="key metric: rows are ranked and marked by its validation value (default: the runs' trainer.metric)",
@@ -27,13 +29,12 @@ def compare_command(
         help="metric (= val, the ranking) | test (reporting order only: marks stay by validation) | params | time "
         "| speed | memory | intruders | n | <swept key>; '-' reverses (default: grid order)",
     ),
-    where: Optional[List[str]] = typer.Option(
-        None, "--where", "-w", help="filter, repeatable: method=lora, method=lora,pissa, method.rank>=8"
-    ),
+    where: Optional[List[str]] = where_option("method=lora, method=lora,pissa, 'method.rank>=8'"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json"),
     plot_dir: Optional[Path] = typer.Option(None, "--plot", help="write PNG figures to this folder"),
     html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML report"),
     include_all: bool = typer.Option(False, "--all", help="include runs that are not completed"),
+    runs_dir: Optional[str] = runs_dir_option(),
 ) -> None:
     """Compare runs: one row per configuration, seeds pooled as mean ± std.
 
@@ -51,7 +52,7 @@ def compare_command(
     if fmt not in FORMATS:
         raise UserError(f"unknown --format '{fmt}'{did_you_mean(fmt, FORMATS)}: choose one of {', '.join(FORMATS)}")
     notes: list[str] = []
-    kept = _kept_runs(cmp, paths, where or [], include_all, notes)
+    kept = _kept_runs(cmp, paths, where or [], include_all, notes, runs_dir)
     rows = cmp.group(kept, metric=metric, sort=sort)
     notes += cmp.row_notes(rows)
     _print_rows(cmp, rows, fmt, title=f"{len(kept)} run(s), {len(rows)} configuration(s)", notes=notes)
@@ -61,11 +62,12 @@ def compare_command(
     _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say)
 
 
-def _kept_runs(cmp, paths: List[str], where: List[str], include_all: bool, notes: list[str]) -> list:
+def _kept_runs(cmp, paths: List[str], where: List[str], include_all: bool, notes: list[str],
+               runs_dir: Optional[str]) -> list:
     """The runs to compare; a UserError (with the notes, e.g. damaged files) when there are none."""
     from peftlab.errors import UserError
 
-    records = cmp.collect(paths, notes=notes)
+    records = cmp.collect(paths, notes=notes, runs_dir=runs_dir)
     if not records:
         why = f": {'; '.join(notes)}" if notes else " (a run folder holds meta.json)"
         raise UserError(f"no runs found in {', '.join(paths)}{why}")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import console
+from peftlab.cli.common import console, runs_dir_option
 from peftlab.run_files import check_trained
 
 SPLITS = ("test", "validation", "train")
@@ -21,7 +21,7 @@ def eval_command(
                                       "(default: the run recorded in the folder's peftlab_export.json)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="evaluation batch size (default: the run's trainer.eval_batch_size)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as one JSON object"),
-    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="where runs live (default: runs/ or PEFTLAB_RUNS_DIR)"),
+    runs_dir: Optional[str] = runs_dir_option(),
 ) -> None:
     """Loss, accuracy and macro-F1 on a split; the same numbers for a run and for its exports."""
     import warnings
@@ -73,7 +73,7 @@ def _run_config(run: str, root):
     from peftlab.errors import UserError
 
     source = runs.resolve(run, root)
-    path = source.path / "config.yaml"
+    path = source.config_path
     if not path.is_file():
         raise UserError(f"run '{run}' has no config.yaml: pick a run that started training")
     try:

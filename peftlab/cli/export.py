@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import console
+from peftlab.cli.common import console, runs_dir_option
 from peftlab.run_files import check_trained
 from peftlab.stopping import sigterm_raises
 
@@ -22,7 +22,7 @@ def export_command(
     rank: Optional[int] = typer.Option(None, "--rank", help="peft: factor every layer's weight change to this rank "
                                        "(default: the exact adapter, or 2x the method's rank for SVD-family methods)"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty output folder"),
-    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="where runs live (default: runs/ or PEFTLAB_RUNS_DIR)"),
+    runs_dir: Optional[str] = runs_dir_option(),
 ) -> None:
     """Export a trained run as a Hugging Face PEFT adapter or as a merged transformers model."""
     import warnings

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from peftlab import runs as store
 from peftlab.cli.app import app
-from peftlab.cli.common import console
+from peftlab.cli.common import console, runs_dir_option
 from peftlab.cli.runs import fmt, method_name, status_text
 from peftlab.errors import UserError
 from peftlab.run_files import run_problem
@@ -177,9 +177,7 @@ def _last_metrics(run: store.Run) -> None:
 @app.command("show")
 def show_command(
     run_spec: str = typer.Argument(..., metavar="RUN", help="run folder, run name (latest version) or name/vN"),
-    runs_dir: Optional[str] = typer.Option(
-        None, "--runs-dir", help="run store to look in (default: $PEFTLAB_RUNS_DIR or ./runs)"
-    ),
+    runs_dir: Optional[str] = runs_dir_option(),
 ) -> None:
     """Show one run: status, paths, provenance, config changes, results and the last metrics."""
     run = store.resolve(run_spec, store.runs_root(runs_dir))
@@ -212,6 +210,10 @@ def show_command(
         _kv(grid, "git commit", f"{escape(str(git['commit']))}{dirty}")
     elif git:
         _kv(grid, "git commit", "[dim](not in a git repository)[/dim]")
+    sweep = run.sweep
+    if sweep is not None:
+        _kv(grid, "sweep", escape(f"{sweep.get('name')}/{sweep.get('version')}, member #{sweep.get('member')} "
+                                  f"({sweep.get('path')})"))
     _kv(grid, "seed", meta.get("seed"))
     _kv(grid, "device", escape(str(meta["device"])) if meta.get("device") else None)
     env = meta.get("environment") or {}

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import console, err_console
+from peftlab.cli.common import RUNS_DIR_HELP, console, err_console, with_runs_dir
 
 
 @app.command("train", context_settings={"allow_extra_args": False})
@@ -19,11 +19,12 @@ def train_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="show the resolved config, parameter counts and memory; do not train"),
     config_dir: Optional[List[str]] = typer.Option(None, "--config-dir", help="extra config folder(s) searched before the shipped ones"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help=f"{RUNS_DIR_HELP}; the same as runs_dir=..."),
 ) -> None:
     """Train one run on the composed config; `resume=RUN` continues a stopped run."""
     from peftlab.config import choices, compose, search_path
 
-    overrides = list(overrides or [])
+    overrides = with_runs_dir(list(overrides or []), runs_dir)
     cfg = compose(overrides, config_dir or [])
     chosen = choices(overrides, search_path(config_dir or []))
     if dry_run:

@@ -1,7 +1,7 @@
 """Compare runs: tables, plots and a self-contained HTML report.
 
-Reads run folders only (config.yaml, overrides.txt, meta.json, summary.json,
-metrics.jsonl, analysis.json) and never imports torch, so ``peftlab compare``
+Reads run folders only, through the run store's one reader
+(:class:`peftlab.runs.Run`), and never imports torch, so ``peftlab compare``
 starts fast and works on a machine that only holds copied run folders.
 
 The pipeline::
@@ -16,14 +16,14 @@ Rows are ranked and marked by the validation metric of each run's selected
 checkpoint; the test metric of that checkpoint is reported, never used to
 choose (:mod:`~peftlab.compare.selection`).
 
-One module per step: :mod:`~peftlab.compare.records` (reading run folders,
-``collect``, ``select`` and ``--where``, on :mod:`~peftlab.compare.files`),
+One module per step: :mod:`~peftlab.compare.records` (``collect`` on
+:mod:`peftlab.finding`, ``select`` on :mod:`peftlab.where`),
 :mod:`~peftlab.compare.grouping` (configurations, mean ± std over seeds, the
 noise rule, sorting), :mod:`~peftlab.compare.notes` (what the reader must
 know), :mod:`~peftlab.compare.formats` (Markdown, CSV, JSON),
 :mod:`~peftlab.compare.table` (the rich table, fitted to the console),
 :mod:`~peftlab.compare.figures` (PNG figures) and :mod:`~peftlab.compare.html`
-(the HTML report), on top of :mod:`~peftlab.compare.values` (scalar parsing).
+(the HTML report), on top of :mod:`peftlab.values` (scalar parsing).
 rich, matplotlib and yaml are imported only by the functions that need them.
 """
 
@@ -56,16 +56,11 @@ from peftlab.compare.grouping import (
 )
 from peftlab.compare.html import html_report
 from peftlab.compare.notes import row_notes
-from peftlab.compare.records import (
-    RunRecord,
-    collect,
-    left_out_note,
-    parse_where,
-    select,
-)
+from peftlab.compare.records import collect, left_out_note, select
 from peftlab.compare.selection import Selected, selected_validation
 from peftlab.compare.table import render_table
-from peftlab.compare.values import canonical
+from peftlab.values import canonical
+from peftlab.where import parse_where
 
 __all__ = [
     "BEST_MARK",
@@ -75,7 +70,6 @@ __all__ = [
     "NOISE_MARK",
     "NOISE_RULE",
     "Row",
-    "RunRecord",
     "Selected",
     "canonical",
     "caption",

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peftlab.compare.grouping import Row, mean_std
-from peftlab.compare.records import RunRecord
-from peftlab.compare.values import as_number, canonical
+from peftlab.runs import Run
+from peftlab.values import as_number, canonical
 from peftlab.errors import UserError
 
 
-def _train_curve(records: Sequence[RunRecord], key: str = "loss", split: str = "train"):
+def _train_curve(records: Sequence[Run], key: str = "loss", split: str = "train"):
     """Steps, mean and std over seeds of ``key`` on ``split`` lines (std 0 where one seed)."""
     by_step: dict[float, list[float]] = {}
     for rec in records:

@@ -32,9 +32,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.compare.records import RunRecord
+from peftlab.runs import Run
 from peftlab.compare.selection import selected_validation
-from peftlab.compare.values import MISSING, as_number, canonical, override_key
+from peftlab.values import MISSING, as_number, canonical, override_key
 from peftlab.errors import UserError, did_you_mean
 from peftlab.metrics import LOWER_IS_BETTER, lower_is_better  # noqa: F401  (LOWER_IS_BETTER: part of compare's API)
 
@@ -46,7 +46,7 @@ NOISE_MARK = "≈ best (within noise)"
 DEFAULT_METRIC = "accuracy"
 
 
-def default_metric(records: Sequence[RunRecord]) -> str:
+def default_metric(records: Sequence[Run]) -> str:
     """The most common key metric (summary ``metric`` / ``trainer.metric``) among the runs, else "accuracy"."""
     names = Counter(m for r in records if (m := r.metric_name))
     return names.most_common(1)[0][0] if names else DEFAULT_METRIC
@@ -74,7 +74,7 @@ class Row:
 
     key: tuple
     params: dict[str, str]  # swept parameter -> value (same keys in every row)
-    records: list[RunRecord]
+    records: list[Run]
     metric: str
     higher_is_better: bool
     test_mean: float | None = None  # test at each run's selected checkpoint: reported, never ranked on
@@ -160,17 +160,17 @@ def sort_rows(rows: list[Row], sort: str | None) -> list[Row]:
     raise UserError(f"cannot sort by '{name}'{did_you_mean(name, choices)}: choose one of {', '.join(choices)}")
 
 
-def _split(rec: RunRecord, name: str) -> dict:
+def _split(rec: Run, name: str) -> dict:
     """The ``name`` section of the run's summary.json (``test``, ``best_validation``, ...), or {}."""
     v = rec.summary.get(name)
     return v if isinstance(v, dict) else {}
 
 
-def _config_keys(records: Sequence[RunRecord]) -> list[str]:
+def _config_keys(records: Sequence[Run]) -> list[str]:
     """The configuration keys: every override key (minus the seed & co.) plus the group choices."""
     keys: list[str] = []
     for r in records:
-        for line in r.overrides:
+        for line in r.overrides():
             kv = override_key(line)
             if kv and kv[0] not in IGNORED_KEYS and not kv[0].startswith(("hydra.", "~")) and kv[0] not in keys:
                 keys.append(kv[0])
@@ -181,7 +181,7 @@ def _config_keys(records: Sequence[RunRecord]) -> list[str]:
     return keys
 
 
-def _check_metric(records: Sequence[RunRecord], metric: str) -> None:
+def _check_metric(records: Sequence[Run], metric: str) -> None:
     """A :class:`UserError` listing the available metrics when no run reports ``metric``."""
     sections = ("test", "best_validation", "final_validation")
     if any(metric in _split(r, s) for r in records for s in sections) or not any(r.summary for r in records):
@@ -193,26 +193,26 @@ def _check_metric(records: Sequence[RunRecord], metric: str) -> None:
     )
 
 
-def _configurations(records: Sequence[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], list[str]]:
+def _configurations(records: Sequence[Run]) -> tuple[dict[tuple, list[Run]], list[str]]:
     """The runs grouped by configuration (seeds pooled), and the swept keys (those that differ)."""
     keys = _config_keys(records)
 
-    def ident(rec: RunRecord) -> tuple:
+    def ident(rec: Run) -> tuple:
         return tuple((k, "-" if (v := rec.value(k)) is MISSING else canonical(v)) for k in keys)
 
-    groups: dict[tuple, list[RunRecord]] = {}
+    groups: dict[tuple, list[Run]] = {}
     for r in records:
         groups.setdefault(ident(r), []).append(r)
     swept = [k for i, k in enumerate(keys) if len({g[i][1] for g in groups}) > 1]
     return groups, swept
 
 
-def _intruders(rec: RunRecord) -> Any:
+def _intruders(rec: Run) -> Any:
     model = rec.analysis.get("model") if rec.analysis else None
     return model.get("intruders") if isinstance(model, dict) else None
 
 
-def _row(key: tuple, recs: list[RunRecord], swept: Sequence[str], metric: str) -> Row:
+def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
     """The statistics of one configuration over its seeds (marks are set later, by :func:`mark_best`)."""
     kd = dict(key)
     tm, ts = mean_std([_split(r, "test").get(metric) for r in recs])
@@ -238,7 +238,7 @@ def _row(key: tuple, recs: list[RunRecord], swept: Sequence[str], metric: str) -
 
 
 def group(
-    records: Sequence[RunRecord], metric: str | None = None, sort: str | None = None
+    records: Sequence[Run], metric: str | None = None, sort: str | None = None
 ) -> list[Row]:
     """One :class:`Row` per configuration (seeds pooled), with best / within-noise marks.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from peftlab.compare.formats import caption, columns
 from peftlab.compare.grouping import Row
-from peftlab.compare.records import RunRecord
+from peftlab.runs import Run
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
@@ -54,7 +54,7 @@ def _configuration_html(row: Row) -> str:
     rec = row.records[0]
     cfg = yaml.safe_dump(rec.config, sort_keys=False, default_flow_style=False, allow_unicode=True)
     runs = "\n".join(
-        f"{x.path}  seed={x.seed}  status={x.status}  overrides: {' '.join(x.overrides) or '(none)'}"
+        f"{x.path}  seed={x.seed}  status={x.status}  overrides: {' '.join(x.overrides()) or '(none)'}"
         for x in row.records
     )
     return (
@@ -66,7 +66,7 @@ def _configuration_html(row: Row) -> str:
 
 def html_report(
     rows: Sequence[Row],
-    records: Sequence[RunRecord],
+    records: Sequence[Run],
     figures: Sequence[str | os.PathLike],
     out_file: str | os.PathLike,
     title: str = "peftlab compare",

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from peftlab.compare.grouping import Row
-from peftlab.compare.records import RunRecord
+from peftlab.runs import Run
 from peftlab.compare.selection import fallback_notes, legacy_note, mixed_selection_note, unranked_notes
-from peftlab.compare.values import canonical
+from peftlab.values import canonical
 
 #: Dataset keys that name a dataset; the others only tell two same-named ones apart.
 _NAME_KEYS = ("path", "name", "subset")
@@ -48,9 +48,9 @@ def single_seed_note(rows: Sequence[Row]) -> str | None:
     return f"{who} n = 1 (a single seed): differences may be seed noise; run more seeds, e.g. seed=0,1,2"
 
 
-def _datasets(records: Sequence[RunRecord]) -> dict[str, tuple[dict, list[RunRecord]]]:
+def _datasets(records: Sequence[Run]) -> dict[str, tuple[dict, list[Run]]]:
     """The distinct resolved ``dataset`` nodes (by value) and the runs trained on each."""
-    found: dict[str, tuple[dict, list[RunRecord]]] = {}
+    found: dict[str, tuple[dict, list[Run]]] = {}
     for rec in records:
         node = rec.config.get("dataset")
         if isinstance(node, dict):  # a run without a config cannot say: it is not counted
@@ -72,14 +72,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _dataset_name(node: dict, rec: RunRecord, detail: Sequence[str]) -> str:
+def _dataset_name(node: dict, rec: Run, detail: Sequence[str]) -> str:
     """``stdlib_docs``, ``hf path=reviews.csv`` (+ the keys in ``detail`` when needed to tell apart)."""
     base = str(rec.choices.get("dataset") or str(node.get("_target_", "dataset")).rsplit(".", 1)[-1])
     parts = [base] + [f"{k}={_short(node[k])}" for k in detail if k in node]
     return " ".join(parts)
 
 
-def dataset_note(records: Sequence[RunRecord]) -> str | None:
+def dataset_note(records: Sequence[Run]) -> str | None:
     """Names the datasets when the runs were not all trained on the same one."""
     datasets = list(_datasets(records).values())
     if len(datasets) < 2:

@@ -29,8 +29,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from peftlab.compare.records import RunRecord
-from peftlab.compare.values import as_number
+from peftlab.runs import Run
+from peftlab.values import as_number
 from peftlab.metrics import selected_section
 
 #: The summary.json key naming the kept checkpoint; its absence marks a run made before selection existed.
@@ -53,7 +53,7 @@ class Selected:
         return self.value is not None
 
 
-def selected_validation(rec: RunRecord, metric: str) -> Selected:
+def selected_validation(rec: Run, metric: str) -> Selected:
     """The validation ``metric`` of the checkpoint ``rec`` keeps (see the module docstring)."""
     summary = rec.summary
     if not summary:
@@ -67,12 +67,12 @@ def selected_validation(rec: RunRecord, metric: str) -> Selected:
     return Selected(value, section, legacy=SELECTION_KEY not in summary, reason=reason)
 
 
-def _names(records: Sequence[RunRecord]) -> str:
+def _names(records: Sequence[Run]) -> str:
     shown = ", ".join(r.label for r in records[:_SHOWN])
     return shown + (", ..." if len(records) > _SHOWN else "")
 
 
-def legacy_note(records: Sequence[RunRecord], metric: str) -> str | None:
+def legacy_note(records: Sequence[Run], metric: str) -> str | None:
     """Says how many runs predate checkpoint selection (ranked by final validation, test at the final step)."""
     old = [r for r in records if r.summary and selected_validation(r, metric).legacy]
     if not old:
@@ -83,9 +83,9 @@ def legacy_note(records: Sequence[RunRecord], metric: str) -> str | None:
     )
 
 
-def unranked_notes(records: Sequence[RunRecord], metric: str) -> list[str]:
+def unranked_notes(records: Sequence[Run], metric: str) -> list[str]:
     """One note per reason some runs have no validation value: they are shown, not ranked."""
-    by_reason: dict[str, list[RunRecord]] = {}
+    by_reason: dict[str, list[Run]] = {}
     for rec in records:
         sel = selected_validation(rec, metric)
         if not sel.ranked:
@@ -96,7 +96,7 @@ def unranked_notes(records: Sequence[RunRecord], metric: str) -> list[str]:
     ]
 
 
-def mixed_selection_note(records: Sequence[RunRecord]) -> str | None:
+def mixed_selection_note(records: Sequence[Run]) -> str | None:
     """Says when runs keep different checkpoints (best vs final): their numbers are not alike."""
     # a run made before selection kept its final step, like selection "final"
     kinds = Counter("best" if r.summary.get(SELECTION_KEY) == "best" else "final" for r in records if r.summary)
@@ -106,9 +106,9 @@ def mixed_selection_note(records: Sequence[RunRecord]) -> str | None:
     return f"the runs keep different checkpoints ({detail}): set the same trainer.select to compare them"
 
 
-def fallback_notes(records: Sequence[RunRecord]) -> list[str]:
+def fallback_notes(records: Sequence[Run]) -> list[str]:
     """Says which runs kept their final step against trainer.select, and why (summary ``selection_note``)."""
-    by_why: dict[str, list[RunRecord]] = {}
+    by_why: dict[str, list[Run]] = {}
     for rec in records:
         why = rec.summary.get("selection_note")
         if why:

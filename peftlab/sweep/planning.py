@@ -51,21 +51,21 @@ class Plan:
         return f"{count} run{'' if self.count == 1 else 's'} ({what})"
 
 
-def _key(text: str) -> str:
+def key_of(text: str) -> str:
     return text.partition("=")[0].strip().lstrip("+~")
 
 
-def _is_hydra(text: str) -> bool:
-    key = _key(text)
+def is_hydra(text: str) -> bool:
+    key = key_of(text)
     return key == "hydra" or key.startswith("hydra.") or key.startswith("hydra/")
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
     """A path as a quoted Hydra override value."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _hydra(config_dirs: Sequence[str | Path] = ()):
+def new_hydra(config_dirs: Sequence[str | Path] = ()):
     """A fresh Hydra instance on peftlab's config tree (+ the user's folders after it)."""
     from hydra import version
     from hydra._internal.hydra import Hydra
@@ -85,7 +85,7 @@ def _hydra(config_dirs: Sequence[str | Path] = ()):
     return Hydra.create_main_hydra2(task_name="peftlab", config_search_path=search_path)
 
 
-def _hydra_error(exc: Exception, hydra: Any, overrides: Sequence[str], config_dirs: Sequence[str]) -> UserError:
+def hydra_error(exc: Exception, hydra: Any, overrides: Sequence[str], config_dirs: Sequence[str]) -> UserError:
     """One line for a Hydra composition error, with the installed plugins for hydra/ groups."""
     from peftlab.config import explain_hydra_error, search_path
 
@@ -122,10 +122,10 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
 
     overrides = [str(o) for o in overrides]
     config_dirs = [str(d) for d in config_dirs]
-    hydra_ovr = [o for o in overrides if _is_hydra(o)] + list(extra_hydra)
-    task = [o for o in overrides if not _is_hydra(o)]
+    hydra_ovr = [o for o in overrides if is_hydra(o)] + list(extra_hydra)
+    task = [o for o in overrides if not is_hydra(o)]
     for o in hydra_ovr:
-        if _key(o) in ("hydra.sweep.dir", "hydra.run.dir"):
+        if key_of(o) in ("hydra.sweep.dir", "hydra.run.dir"):
             raise UserError(
                 f"'{o}' is not allowed: peftlab sweep keeps Hydra's output inside the sweep folder; "
                 f"choose where runs go with runs_dir=... instead"
@@ -133,7 +133,7 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
     if jobs is not None:
         if jobs < 1:
             raise UserError(f"--jobs {jobs} is not allowed: use --jobs N with N >= 1 (parallel runs)")
-        chosen = [o.partition("=")[2] for o in hydra_ovr if _key(o) == "hydra/launcher"]
+        chosen = [o.partition("=")[2] for o in hydra_ovr if key_of(o) == "hydra/launcher"]
         if chosen and chosen[-1] != "joblib":
             raise UserError(
                 f"--jobs runs the joblib launcher; it cannot be combined with hydra/launcher={chosen[-1]} "
@@ -143,7 +143,7 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
             hydra_ovr.append("hydra/launcher=joblib")
         hydra_ovr.append(f"hydra.launcher.n_jobs={jobs}")
 
-    hydra = _hydra(config_dirs)
+    hydra = new_hydra(config_dirs)
     parser = OverridesParser.create(config_loader=hydra.config_loader)
     parsed = []
     for text in task + hydra_ovr:
@@ -173,12 +173,12 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
             )
 
     # The master config: validates the hydra/ choices (launcher, sweeper) and their settings.
-    master_overrides = hydra_ovr + _ours(hydra_ovr, Path("/nonexistent-peftlab-sweep")) + task
+    master_overrides = hydra_ovr + our_hydra_settings(hydra_ovr, Path("/nonexistent-peftlab-sweep")) + task
     try:
         master = hydra.compose_config("config", overrides=master_overrides + ["hydra.mode=MULTIRUN"],
                                       run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise _hydra_error(exc, hydra, master_overrides, config_dirs) from None
+        raise hydra_error(exc, hydra, master_overrides, config_dirs) from None
     hchoices = master.hydra.runtime.choices
     sweeper_target = str(master.hydra.sweeper.get("_target_", ""))
     launcher_target = str(master.hydra.launcher.get("_target_", ""))
@@ -236,11 +236,11 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
     if members:
         checks = [members[0]]
         for key, _ in dims:
-            seen = {o for o in members[0] if _key(o) == key}
+            seen = {o for o in members[0] if key_of(o) == key}
             for m in members:
-                value = next((o for o in m if _key(o) == key), None)
+                value = next((o for o in m if key_of(o) == key), None)
                 if value is not None and value not in seen and all(
-                    o == b or _key(o) == key for o, b in zip(m, members[0])
+                    o == b or key_of(o) == key for o, b in zip(m, members[0])
                 ):
                     seen.add(value)
                     checks.append(m)
@@ -259,7 +259,7 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
     metric = str(cfg.trainer.metric)
     direction = None
     if sweeper == OPTUNA:
-        given = [o.partition("=")[2] for o in hydra_ovr if _key(o) == "hydra.sweeper.direction"]
+        given = [o.partition("=")[2] for o in hydra_ovr if key_of(o) == "hydra.sweeper.direction"]
         if given:
             direction = given[-1]
         else:
@@ -275,7 +275,7 @@ def plan(overrides: Sequence[str], *, jobs: int | None = None, config_dirs: Sequ
         else:
             name = default_name(swept)
     extra = []
-    if sweeper == OPTUNA and not any(_key(o) == "hydra.sweeper.direction" for o in hydra_ovr):
+    if sweeper == OPTUNA and not any(key_of(o) == "hydra.sweeper.direction" for o in hydra_ovr):
         extra.append(f"hydra.sweeper.direction={direction}")
     return Plan(overrides=task, hydra_overrides=hydra_ovr, config_dirs=config_dirs, sweeper=sweeper,
                 launcher=launcher, members=members, dims=dims, count=count, grid=grid, runs_root=root,
@@ -287,12 +287,12 @@ def default_name(swept: Sequence[str]) -> str:
     return "-".join(sorted({k.replace("/", "_") for k in swept})) or "sweep"
 
 
-def _ours(user_hydra: Sequence[str], hydra_dir: Path) -> list[str]:
+def our_hydra_settings(user_hydra: Sequence[str], hydra_dir: Path) -> list[str]:
     """The Hydra settings a sweep adds unless the user set them: output inside the sweep folder."""
-    given = {_key(o) for o in user_hydra}
+    given = {key_of(o) for o in user_hydra}
     ours = {
-        "hydra.sweep.dir": _quote(str(hydra_dir)),
-        "hydra.run.dir": _quote(str(hydra_dir)),
+        "hydra.sweep.dir": quote(str(hydra_dir)),
+        "hydra.run.dir": quote(str(hydra_dir)),
         "hydra.job.chdir": "False",
         "hydra/job_logging": "disabled",
         "hydra/hydra_logging": "disabled",

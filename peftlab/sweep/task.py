@@ -6,11 +6,16 @@ submitit pickle it by reference (``peftlab.sweep.task.run_member``).
 A member that runs in a process other than the sweep's own (a joblib worker, a
 submitit job) is tied to the sweep process that launched it: it does not start
 when that process is gone or stopping; while it trains, that process's death or
-its stop request (``members.request_stop``) stops it at the next step boundary,
+its stop request (``folder.request_stop``) stops it at the next step boundary,
 checkpointed and marked interrupted; and a worker whose sweep died exits once
-its member is recorded, so it takes no further member from the launcher's queue.
+its member ended, so it takes no further member from the launcher's queue.
 There an interrupt is recorded, not raised: raised into a process pool it would
 make the pool kill the other workers mid-step.
+
+What a member did is recorded in its run folder alone: ``train`` stamps the new
+folder's meta.json with the sweep and the member index, and a member that fails
+before training made its folder (a bad value in its config) still gets one,
+marked failed with the error, so the sweep's status and ``--continue`` find it.
 """
 
 from __future__ import annotations
@@ -29,18 +34,10 @@ from typing import Any
 
 from peftlab import runs, stopping
 from peftlab.errors import UserError
+from peftlab.layout import SWEEP_FILE
 from peftlab.metrics import selected_validation
-from peftlab.sweep.members import (
-    LAUNCH_FILE,
-    SWEEP_FILE,
-    _read_json,
-    _write_record,
-    read,
-    refresh,
-    run_ref,
-    stop_requested,
-)
-from peftlab.sweep.planning import _key
+from peftlab.sweep.folder import read, read_launch, runs_root_of, stamp, stop_requested
+from peftlab.sweep.planning import key_of
 
 WATCH_INTERVAL_S = 0.5  # how often a member in a worker looks at its sweep process
 SWEEP_ENDED = "the sweep that started this run has ended"
@@ -58,10 +55,10 @@ class _Job:
 
 
 def _sweep_dir_of(hydra_dir: Path) -> Path:
-    for folder in (hydra_dir, *hydra_dir.parents):
-        if (folder / SWEEP_FILE).is_file():
-            return folder
-    raise RuntimeError(f"no {SWEEP_FILE} above Hydra's sweep dir {hydra_dir}")
+    """The sweep folder of a launch: Hydra's sweep dir is always a folder of it (see ``our_hydra_settings``)."""
+    if not (hydra_dir.parent / SWEEP_FILE).is_file():
+        raise RuntimeError(f"no {SWEEP_FILE} beside Hydra's sweep dir {hydra_dir}")
+    return hydra_dir.parent
 
 
 def _index_of(launch: dict, job_num: int) -> tuple[int, str | None]:
@@ -73,18 +70,16 @@ def _index_of(launch: dict, job_num: int) -> tuple[int, str | None]:
     return int(launch.get("offset", 0)) + job_num, None
 
 
-def _launcher_pid(launch: dict, sweep_dir: Path) -> int | None:
+def _launcher_pid(launch: dict) -> int | None:
     """The pid of the sweep process that launched this job, or None when it runs on another host.
 
     Each launch records its own process, so a worker left over from an earlier
-    launch never takes a later ``--continue`` for its sweep; sweeps launched
-    before launches recorded it fall back to sweep.json.
+    launch never takes a later ``--continue`` for its sweep.
     """
-    source = launch if launch.get("pid") else read(sweep_dir)
-    if source.get("host") != socket.gethostname():
+    if launch.get("host") != socket.gethostname():
         return None
     try:
-        return int(source["pid"])
+        return int(launch["pid"])
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -92,18 +87,19 @@ def _launcher_pid(launch: dict, sweep_dir: Path) -> int | None:
 def _job_of(hc: Any) -> _Job:
     hydra_dir = Path(str(hc.sweep.dir))
     sweep_dir = _sweep_dir_of(hydra_dir)
-    launch = _read_json(hydra_dir / LAUNCH_FILE)
+    launch = read_launch(hydra_dir)
     index, resume = _index_of(launch, int(hc.job.num))
-    return _Job(sweep_dir, index, resume, _launcher_pid(launch, sweep_dir))
+    return _Job(sweep_dir, index, resume, _launcher_pid(launch))
 
 
 def run_member(cfg: Any) -> float | None:
-    """Hydra's task function for one sweep member: train it and record how it ended.
+    """Hydra's task function for one sweep member: train it into a run folder stamped with the sweep.
 
     Returns the member's validation metric (the objective of search sweepers), or
-    None when it failed. A member's failure is recorded, never raised, so the
-    sweep goes on. An interrupt is recorded too; in the sweep's own process it is
-    raised, so the sweep stops; in another process see ``_run_in_worker``.
+    None when it failed. A member's failure is recorded in its run folder, never
+    raised, so the sweep goes on. An interrupt leaves the run interrupted; in the
+    sweep's own process it is raised, so the sweep stops; in another process see
+    ``_run_in_worker``.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -188,74 +184,107 @@ def _stops_with_sweep(job: _Job) -> Iterator[None]:
 
 
 def _train_member(cfg: Any, job: _Job) -> float | None:
-    """Train the member and record how it ended (members/<i>.json, then sweep.json)."""
+    """Train the member; however it ends, its run folder says so (see ``_record_failure``)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     hc = HydraConfig.get()
-    task_overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task)]
-    overrides = [o for o in task_overrides if o != job.resume]
-    record: dict[str, Any] = {
-        "overrides": overrides, "status": "running", "run": None, "pid": os.getpid(),
-        "host": socket.gethostname(), "started_at": runs.now_iso(), "hydra_job": int(hc.job.num),
-        "output_dir": str(hc.runtime.output_dir),
-    }
-    value = None
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task) if str(o) != job.resume]
+    sweep = read(job.sweep_dir)
+    made: list[runs.Run] = []  # the run folder, once train has made (or reopened) it
+    value, status, error = None, "failed", None
     try:
-        try:
-            _prepare(cfg, hc, job, record)
-        finally:
-            _write_record(job.sweep_dir, job.index, record)
-        run = _train(cfg, hc, job, record, overrides)
-        value = _objective(run, cfg)
-        record.update(status=run.status, run=run_ref(job.sweep_dir, run.path), value=value)
+        _prepare(cfg, hc, job)
+        run = _train(cfg, hc, job, sweep, overrides, made.append)
+        value, status = _objective(run, cfg), run.status
     except KeyboardInterrupt:
-        record["status"] = "interrupted"
+        status = "interrupted"
         raise
     except UserError as exc:
-        record.update(status="failed", error=str(exc))
+        error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a bug in one member must not stop the others
         traceback.print_exc()
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
     finally:
-        record["ended_at"] = runs.now_iso()
-        _write_record(job.sweep_dir, job.index, record)
-        data = refresh(job.sweep_dir)
-        _say_member(data, job.index, record)
+        if error is not None and not made:
+            _record_failure(cfg, hc, job, sweep, overrides, error)
+        _say_member(sweep, job.index, overrides, status, value, error)
     return value
 
 
-def _prepare(cfg: Any, hc: Any, job: _Job, record: dict) -> None:
-    """Validate the member's config; runs go where the sweep was started."""
+def _prepare(cfg: Any, hc: Any, job: _Job) -> None:
+    """Validate the member's config; its run goes into the sweep's runs folder unless runs_dir= says otherwise."""
     from omegaconf import OmegaConf
 
     from peftlab.config import validate
 
     validate(cfg)
-    runs_dir = Path(str(cfg.runs_dir)).expanduser()
-    if not runs_dir.is_absolute():
-        # Launchers may start jobs elsewhere.
-        OmegaConf.set_struct(cfg, False)
-        cfg.runs_dir = str(Path(str(hc.runtime.cwd)) / runs_dir)
-        OmegaConf.set_struct(cfg, True)
-    if job.resume:
-        # Named before training reopens it, so a resume that fails early still points at it.
-        record["run"] = run_ref(job.sweep_dir, Path(str(cfg.resume)))
+    # Launchers may start jobs elsewhere, with another environment: the sweep's folder, or runs_dir=
+    # relative to where the sweep was started, decides.
+    root = Path(str(cfg.runs_dir)).expanduser() if cfg.runs_dir else runs_root_of(job.sweep_dir)
+    OmegaConf.set_struct(cfg, False)
+    cfg.runs_dir = str(root if root.is_absolute() else Path(str(hc.runtime.cwd)) / root)
+    OmegaConf.set_struct(cfg, True)
 
 
-def _train(cfg: Any, hc: Any, job: _Job, record: dict, overrides: list[str]) -> runs.Run:
+def _choices(hc: Any) -> dict[str, str]:
     from peftlab.config import GROUPS
+
+    return {str(k): str(v) for k, v in hc.runtime.choices.items() if k in GROUPS and isinstance(v, str)}
+
+
+def _train(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], on_run: Any) -> runs.Run:
     from peftlab.train import train
 
-    def on_run(run: runs.Run) -> None:
-        # Recorded the moment the folder exists: a member killed mid-run keeps its run,
-        # which --continue then resumes (or starts again).
-        record["run"] = run_ref(job.sweep_dir, run.path)
-        _write_record(job.sweep_dir, job.index, record)
+    argv = list(sweep.get("argv") or ["peftlab", "sweep"])
+    member = stamp(job.sweep_dir, Path(str(cfg.runs_dir)), sweep, job.index)
+    return train(cfg, overrides=overrides, argv=argv, choices=_choices(hc), show_progress=False, on_run=on_run,
+                 stamp=member)
 
-    choices = {str(k): str(v) for k, v in hc.runtime.choices.items() if k in GROUPS and isinstance(v, str)}
-    argv = list(read(job.sweep_dir).get("argv") or ["peftlab", "sweep"])
-    return train(cfg, overrides=overrides, argv=argv, choices=choices, show_progress=False, on_run=on_run)
+
+def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], error: str) -> None:
+    """A member that failed before training made its folder gets one, marked failed with the error.
+
+    So the run folders alone tell how every member ended. Best effort: when even
+    this cannot be written (a full disk), the member stays pending.
+    """
+    root = runs_root_of(job.sweep_dir) if not cfg.get("runs_dir") else Path(str(cfg.runs_dir))
+    try:
+        run = _allocate_named(root, cfg, _choices(hc))
+        with run.own():
+            meta = runs.new_meta(list(sweep.get("argv") or ["peftlab", "sweep"]), _seed(cfg))
+            run.write_meta(**meta, choices=_choices(hc), **stamp(job.sweep_dir, root, sweep, job.index))
+            run.write_config(_config_yaml(cfg), overrides)
+            run.set_status("failed", error=error)
+    except (OSError, UserError) as exc:
+        print(f"warning: member {job.index} failed and could not be recorded: {exc}", file=sys.stderr)
+
+
+def _allocate_named(root: Path, cfg: Any, choices: dict[str, str]) -> runs.Run:
+    """A run folder named as training would name it; by the default name when ``name=`` is what is wrong."""
+    from peftlab.naming import default_name, run_name
+
+    try:
+        return runs.allocate(root, run_name(cfg, choices))
+    except UserError:
+        return runs.allocate(root, default_name(choices))
+
+
+def _config_yaml(cfg: Any) -> str:
+    """The config as YAML, resolved when it can be (a bad value may be what stops it)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - any interpolation or missing value: keep it as written
+        return OmegaConf.to_yaml(cfg, resolve=False)
+
+
+def _seed(cfg: Any) -> Any:
+    try:
+        return int(cfg.seed)
+    except Exception:  # noqa: BLE001 - the seed itself may be what is wrong
+        return None
 
 
 def _objective(run: runs.Run, cfg: Any) -> float | None:
@@ -264,16 +293,17 @@ def _objective(run: runs.Run, cfg: Any) -> float | None:
     return selected_validation(summary, str(summary.get("metric") or cfg.trainer.metric))
 
 
-def _say_member(data: dict, index: int, record: dict) -> None:
-    swept = set(data.get("swept") or [])
-    shown = [o for o in record.get("overrides", []) if _key(o) in swept] or record.get("overrides", [])
-    total = data.get("count") or len(data.get("members") or [])
-    line = f"[{index + 1}/{total}] {record['status']}: {' '.join(shown)}"
-    if record.get("value") is not None:
-        line += f"  best val {data.get('metric', 'metric')} {record['value']:.4f}"
-    if record.get("error"):
-        line += f"  ({record['error']})"
+def _say_member(sweep: dict, index: int, overrides: list[str], status: str, value: float | None,
+                error: str | None) -> None:
+    swept = set(sweep.get("swept") or [])
+    shown = [o for o in overrides if key_of(o) in swept] or overrides
+    total = sweep.get("count") or len(sweep.get("members") or [])
+    line = f"[{index + 1}/{total}] {status}: {' '.join(shown)}"
+    if value is not None:
+        line += f"  best val {sweep.get('metric', 'metric')} {value:.4f}"
+    if error:
+        line += f"  ({error})"
     try:
         print(line, flush=True)
-    except OSError:  # the terminal went away with the sweep; the record is what counts
+    except OSError:  # the terminal went away with the sweep; the run folder is what counts
         pass

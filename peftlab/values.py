@@ -1,7 +1,8 @@
 """Reading the scalar values found in run folders (overrides, configs, metrics).
 
-Shared by the records, the grouping and the figures: one parser, so that "8"
-and 8, "1e-4" and 0.0001 mean the same thing everywhere.
+Shared by the run store's value lookup, ``--where`` filters and compare's
+grouping and figures: one parser, so that "8" and 8, "1e-4" and 0.0001 mean
+the same thing everywhere. No imports beyond the standard library.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-#: Returned by :meth:`RunRecord.value` for a key the run does not have.
+#: Returned by :meth:`peftlab.runs.Run.value` for a key the run does not have.
 MISSING = object()
 
 
