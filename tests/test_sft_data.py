@@ -504,3 +504,14 @@ def test_collator_pads_with_the_end_token_when_there_is_no_pad_token(tokenizer):
          {"input_ids": [1], "attention_mask": [1], "labels": [1]}]
     )
     assert batch["input_ids"][1].tolist() == [1, tokenizer.sep_token_id]
+
+
+def test_arith_kinds_labels_each_prompt_with_its_operation_kind():
+    kinds = arith.load_arith_kinds()
+    records = arith.read_records()
+    names = kinds["train"].features["label"].names
+    assert len(names) == 7
+    for split in ("train", "validation", "test"):
+        expected = [(r["prompt"], r["kind"]) for r in records if r["split"] == split]
+        got = [(row["text"], names[row["label"]]) for row in kinds[split]]
+        assert got == expected

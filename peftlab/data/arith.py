@@ -33,6 +33,8 @@ import datasets
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 COLUMNS: tuple[str, ...] = ("prompt", "response", "answer")
+#: The operation kinds, in the order of ``arith_kinds``' class ids.
+KINDS: tuple[str, ...] = ("add", "sub", "mul", "div", "add_sub", "mul_add", "mul_sub")
 DATA_FILE = Path(__file__).parent / "arith.jsonl"
 
 
@@ -60,3 +62,28 @@ def load_arith(seed: int = 0) -> datasets.DatasetDict:
 def read_records() -> list[dict]:
     """Every record of the file, with its ``kind``, ``numbers`` and ``split`` too."""
     return [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines() if line]
+
+
+def load_arith_kinds(seed: int = 0) -> datasets.DatasetDict:
+    """The same problems as a classification set: ``text`` (the prompt) labelled by its operation kind.
+
+    Seven classes (``KINDS``), the same frozen splits as :func:`load_arith`. The
+    word problem alone says which operations solve it ("buys 40 more", "shared
+    equally"), so this is a second, unrelated task for a sentence encoder: e.g. a
+    probe of what an encoder fine-tuned on another task still knows. ``seed`` is
+    accepted and ignored, as in :func:`load_arith`.
+    """
+    del seed
+    records = read_records()
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(KINDS))})
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"text": [r["prompt"] for r in records if r["split"] == split],
+                 "label": [KINDS.index(r["kind"]) for r in records if r["split"] == split]},
+                features=features,
+                split=split,
+            )
+            for split in SPLITS
+        }
+    )
