@@ -173,3 +173,18 @@ def test_the_model_is_left_in_its_mode():
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "attention" in n]
     collect(model, Request(Covariance(), names, CalibrationData()), padded_batches())
     assert model.training
+
+
+@pytest.mark.slow
+def test_runs_of_a_sweep_read_the_calibration_their_first_member_computed():
+    from peftlab.experiment import build_experiment
+
+    common = ["model=tiny", "method.calibration.num_samples=12", "method.calibration.batch_size=6"]
+    records = [build_experiment(compose([*common, "method=corda", f"method.rank={rank}"]), with_data=False)
+               .calibration.record for rank in (4, 8)]
+    assert [r["computed"] for r in records] == [True, False]
+    lr = [build_experiment(compose([*common, "method=eva", "method.tau=0.9", f"optimizer.lr={value}"]),
+                           with_data=False).calibration.record for value in (1e-3, 2e-3)]
+    assert [r["computed"] for r in lr] == [True, False]
+    lora = build_experiment(compose(["model=tiny", "method=lora"]), with_data=False)
+    assert lora.calibration is None
