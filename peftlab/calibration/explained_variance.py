@@ -38,6 +38,9 @@ from peftlab.calibration.request import Sink, Statistic
 from peftlab.errors import UserError
 
 
+PROGRESS_EVERY = 25  # batches between progress lines
+
+
 class _Layer:
     """One distinct layer input under PCA, with its convergence state."""
 
@@ -95,7 +98,7 @@ class ExplainedVariance(Statistic):
         for name in layers:  # layers sharing an input compute the largest count among them
             wanted[source[name]] = max(wanted[source[name]], wanted[name])
         states = {name: _Layer(wanted[name], self.tau) for name in layers if source[name] == name}
-        ranks, used = self._loop(model, batches, states, source, wanted)
+        ranks, used = self._loop(model, batches, states, source, wanted, say)
         for name in layers:
             pca = states[source[name]].pca
             if not bool(torch.all(states[source[name]].converged[: ranks[name]])):
@@ -108,7 +111,8 @@ class ExplainedVariance(Statistic):
         return {"ranks": ranks, "source": source, "batches": used}
 
     def _loop(self, model: nn.Module, batches: Sequence[dict[str, Tensor]], states: dict[str, _Layer],
-              source: dict[str, str], wanted: dict[str, int]) -> tuple[dict[str, int], int]:
+              source: dict[str, str], wanted: dict[str, int],
+              say: Callable[[str], None]) -> tuple[dict[str, int], int]:
         budget = sum(self.ranks.values())
         ranks = {name: wanted[source[name]] for name in source}
         active = dict.fromkeys(states, True)
@@ -127,6 +131,9 @@ class ExplainedVariance(Statistic):
                     active[name] = not bool(torch.all(state.converged[: ranks[name]]))
                 if not any(active.values()) or used >= self.max_batches:
                     break
+                if used and used % PROGRESS_EVERY == 0:
+                    say(f"batch {used}: {len(active) - sum(active.values())}/{len(active)} distinct layer inputs "
+                        f"converged")
                 mask[:] = [token_mask(batch, self.label_mask)]
                 run_model(model, batch)
                 used += 1
