@@ -189,3 +189,26 @@ def test_eva_that_does_not_converge_says_what_to_change():
     model = tiny_llama()
     with pytest.raises(UserError, match="method.calibration.num_samples"):
         prepared(model, "eva", padded_batches(2), "method.rank=2", "method.tau=1.0", "method.max_batches=3")
+
+
+@pytest.mark.slow
+def test_an_eva_run_records_its_ranks_and_its_calibration(runs_dir):
+    import json
+
+    from peftlab import runs
+    from tests.conftest import peftlab
+
+    args = ("model=tiny", "method=eva", "method.tau=0.9", "method.calibration.num_samples=32", "trainer.max_steps=2",
+            "trainer.eval_every=0", "name=eva")
+    result = peftlab("train", *args, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "calibration:" in result.stderr
+    run = runs.resolve("eva", runs_dir)
+    ranks = json.loads((run.path / "ranks.json").read_text())
+    assert sum(ranks.values()) == 8 * len(ranks)
+    assert run.summary["adapter_ranks"]["max"] == max(ranks.values())
+    assert run.meta["calibration"]["computed"] is True and run.meta["calibration"]["examples"] == 32
+    shown = peftlab("show", "eva").stdout
+    assert "calibration" in shown and "adapter_ranks" in shown
+    again = peftlab("train", *args[:-1], "name=eva2", env={"OMP_NUM_THREADS": "1"})
+    assert runs.resolve("eva2", runs_dir).meta["calibration"]["computed"] is False, again.stderr[-2000:]

@@ -64,24 +64,24 @@ class Covariance(Statistic):
         count = 0
         for index, group in enumerate(groups, 1):
             start = time.perf_counter()
-            sums = {name: torch.zeros(n, n, dtype=torch.float32) for name, n in distinct.items() if name in group}
-            count = 0
-            masks: list[Tensor] = []
+            sums = {name: torch.zeros(distinct[name], distinct[name], dtype=torch.float32,
+                                      device=model.get_submodule(name).weight.device) for name in group}
+            count, mask = 0, [torch.ones(0)]
 
             def accumulate(name: str) -> Callable[[Tensor], None]:
                 def fn(x: Tensor) -> None:
-                    for b, keep in enumerate(masks[-1]):
-                        xb = x[b][keep.to(x.device)].float()
+                    for b, keep in enumerate(mask[0].to(x.device)):
+                        xb = x[b][keep].float()
                         xb = xb / torch.max(xb).abs()
-                        sums[name] += (xb.t() @ xb).cpu()
+                        sums[name] += xb.t() @ xb
                 return fn
 
             with hooked(model, {name: accumulate(name) for name in group}):
                 for batch in batches:
-                    masks.append(token_mask(batch, label_mask=False))
+                    mask[0] = token_mask(batch, label_mask=False)
                     run_model(model, batch)
                     count += int(batch["input_ids"].shape[0])
             for name in group:
-                sink(name, {"covariance": sums.pop(name) / count})
+                sink(name, {"covariance": (sums.pop(name) / count).cpu()})
             say(f"pass {index}/{len(groups)}: {len(group)} layer(s) in {time.perf_counter() - start:.1f}s")
         return {"source": source, "passes": len(groups), "examples": count}
