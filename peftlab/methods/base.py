@@ -55,8 +55,9 @@ class Adapter(nn.Module):
         self.out_features = out_features
 
     # -- set-up ---------------------------------------------------------------
-    def initialize(self, weight: Tensor, calibration: Tensor | None = None) -> Tensor | None:
-        """Set the adapter up from the pretrained weight W (m x n).
+    def initialize(self, weight: Tensor, calibration: Any = None) -> Tensor | None:
+        """Set the adapter up from the pretrained weight W (m x n) and, for a data-driven method,
+        its layer's calibration statistics (a dict of tensors, see ``Method.calibration_request``).
 
         Returns the new frozen base weight (e.g. ``W - s*B0 A0``) or None to keep W.
         """
