@@ -188,3 +188,13 @@ def test_runs_of_a_sweep_read_the_calibration_their_first_member_computed():
     assert [r["computed"] for r in lr] == [True, False]
     lora = build_experiment(compose(["model=tiny", "method=lora"]), with_data=False)
     assert lora.calibration is None
+
+
+@pytest.mark.slow
+def test_dry_run_reports_the_calibration_memory():
+    from tests.conftest import peftlab
+
+    result = peftlab("train", "model=tiny", "method=corda", "method.calibration.num_samples=8", "--dry-run",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "calibration pass before training holds at most" in " ".join(result.stdout.split())
