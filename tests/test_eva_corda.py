@@ -210,5 +210,9 @@ def test_an_eva_run_records_its_ranks_and_its_calibration(runs_dir):
     assert run.meta["calibration"]["computed"] is True and run.meta["calibration"]["examples"] == 32
     shown = peftlab("show", "eva").stdout
     assert "calibration" in shown and "adapter_ranks" in shown
+    analyzed = peftlab("analyze", "eva", env={"OMP_NUM_THREADS": "1"})
+    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    layers = json.loads(run.analysis_path.read_text())["layers"]
+    assert {n: v["rank"] for n, v in layers.items()} == {n: r for n, r in ranks.items() if r > 0}
     again = peftlab("train", *args[:-1], "name=eva2", env={"OMP_NUM_THREADS": "1"})
     assert runs.resolve("eva2", runs_dir).meta["calibration"]["computed"] is False, again.stderr[-2000:]
