@@ -176,9 +176,9 @@ def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkp
             _report_data(exp)
         trainer = Trainer(exp, run, procs, checkpoint=checkpoint, quiet=quiet)
         if procs.is_main:
-            calibration = getattr(exp.calibration, "record", None)
+            calibration = getattr(exp.calibration, "record", None)  # kept from the first start on a resume
             run.write_meta(device=str(trainer.accelerator.device), processes=procs.world,
-                           **({"calibration": calibration} if calibration else {}))
+                           **({"calibration": calibration} if calibration and "calibration" not in run.meta else {}))
         with trainer.progress:
             summary = trainer.finish() if trainer.fit() else None
         if summary is None:

@@ -104,7 +104,7 @@ class ExplainedVariance(Statistic):
             if not bool(torch.all(states[source[name]].converged[: ranks[name]])):
                 raise UserError(f"EVA's components of layer '{name}' did not converge (tau={self.tau}) within "
                                 f"{self.max_batches} calibration batches: raise method.calibration.num_samples "
-                                f"or lower method.tau")
+                                f"(each batch needs >= rho*rank counted tokens) or lower method.tau")
             sink(name, {"components": pca.components[: ranks[name]].float().cpu().contiguous(),
                         "singular_values": pca.singular_values[: ranks[name]].float().cpu().contiguous()})
         say(f"{used} batches; ranks {min(ranks.values())}..{max(ranks.values())} over {len(layers)} layers")

@@ -13,7 +13,9 @@ Explained Variance Adaptation".
 
 The scale is ``s = alpha / r`` with the nominal r for every layer: PEFT's
 ``adjust_scaling_factors=True`` (``alpha_l = alpha r_l / r``). The official code
-uses alpha = 1, i.e. ``s = 1 / r_l``. ``rho = 1`` keeps every layer at r.
+uses alpha = 1, i.e. ``s = 1 / r_l``. With ``rslora=true`` the scale is
+``alpha / sqrt(r)`` for every layer (PEFT's alpha_l would give ``alpha sqrt(r_l) / r``):
+the scale stays the one the nominal rank chose. ``rho = 1`` keeps every layer at r.
 Positions whose label is -100 (a causal LM's prompt tokens) are left out of
 the PCA (``label_mask``, PEFT's default; the EVA repository uses all tokens);
 classification batches have no per-token labels, so nothing is masked there.
