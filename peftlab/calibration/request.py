@@ -74,7 +74,8 @@ class Statistic:
         return {}
 
     def memory_bytes(self, model: nn.Module, layers: Sequence[str], max_bytes: int) -> int:
-        """An upper bound of the statistic's own memory while it is collected."""
+        """The memory the statistic keeps while it is collected (its state: covariances, components),
+        besides the model and one batch's activations."""
         raise NotImplementedError
 
     def collect(self, model: nn.Module, layers: Sequence[str], batches: Sequence[dict[str, Tensor]],
