@@ -47,6 +47,7 @@ class Experiment:
     regularizers: list
     task: Task
     splits: Any = None  # tokenized DatasetDict (train/validation/test), None when built without data
+    calibration: Any = None  # the calibration statistics the method was prepared with (data-driven methods)
 
     @property
     def model(self) -> nn.Module:
@@ -91,14 +92,18 @@ def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[st
     task.check_model(loaded.model, str(cfg.model.get("name")))
     splits = task.tokenize(raw, loaded.tokenizer, loaded.max_length) if with_data else None
     method: Method = build(cfg.method)
+    from peftlab.calibration import prepare as calibrate
+
+    calibration = calibrate(method, loaded, cfg, task, splits)  # None unless the method asks for statistics
     torch.manual_seed(int(cfg.seed))  # adapter inits (e.g. LoRA's A) are drawn from the run's seed
-    method.prepare(loaded.model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules)
+    method.prepare(loaded.model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules,
+                   calibration=calibration)
     regularizers = []
     for name, node in regularizer_nodes(cfg).items():
         reg = build(node, name=name)
         reg.setup(loaded.model, method)
         regularizers.append(reg)
-    return Experiment(cfg, loaded, method, regularizers, task, splits)
+    return Experiment(cfg, loaded, method, regularizers, task, splits, calibration)
 
 
 def parameter_table(model: nn.Module) -> list[dict[str, Any]]:

@@ -41,7 +41,10 @@ def describe(exp: Any) -> str:
     shown = " + ".join(f"{name} {parts[name] / MIB:,.0f} MiB" for name in ("weights", "optimizer", "activations", "logits")
                        if parts[name] or name != "logits")
     t = exp.cfg.trainer
+    record = getattr(getattr(exp, "calibration", None), "record", None) or {}
+    calibration = (f"; the calibration pass before training holds at most {record['memory_bytes'] / MIB:,.1f} MiB "
+                   f"of {record['statistic']} statistics at once besides the weights" if record else "")
     return (f"estimated memory: {shown} = {parts['total'] / MIB:,.0f} MiB (batch {t.batch_size}, length <= "
             f"{exp.loaded.max_length}; optimizer = gradients + two Adam moments of the trainable parameters"
             + ("; logits bounded by every position, the loss computes them at response tokens only)"
-               if parts["logits"] else ")"))
+               if parts["logits"] else ")") + calibration)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab import checkpoints, runs, stopping
 from peftlab.errors import RunInterrupted, UserError, storage_problem
 from peftlab.experiment import Experiment, build_experiment, save_adapter
+from peftlab.layout import RANKS_FILE
 from peftlab.naming import run_name
 from peftlab.nonfinite import NonFinite
 from peftlab.processes import Processes, start as start_processes
@@ -175,7 +176,9 @@ def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkp
             _report_data(exp)
         trainer = Trainer(exp, run, procs, checkpoint=checkpoint, quiet=quiet)
         if procs.is_main:
-            run.write_meta(device=str(trainer.accelerator.device), processes=procs.world)
+            calibration = getattr(exp.calibration, "record", None)  # kept from the first start on a resume
+            run.write_meta(device=str(trainer.accelerator.device), processes=procs.world,
+                           **({"calibration": calibration} if calibration and "calibration" not in run.meta else {}))
         with trainer.progress:
             summary = trainer.finish() if trainer.fit() else None
         if summary is None:
@@ -230,6 +233,12 @@ def _mark(run: runs.Run, status: str, **fields: Any) -> None:
 
 def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
     save_adapter(exp, run.adapter_dir)
+    ranks = exp.method.ranks()
+    if ranks:  # the full map in ranks.json; summary.json (shown by `peftlab show`) says how they spread
+        runs.atomic_write_json(run.path / RANKS_FILE, ranks)
+        values = list(ranks.values())
+        summary = {**summary, "adapter_ranks": {"min": min(values), "mean": sum(values) / len(values),
+                                                "max": max(values), "without_adapter": values.count(0)}}
     shutil.rmtree(run.best_dir, ignore_errors=True)  # the selected weights are adapter/ now
     if exp.cfg.get("analysis"):
         from peftlab.analysis.run import analyze_experiment

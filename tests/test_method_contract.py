@@ -51,14 +51,31 @@ def batch(kind: str = "classifier", seed: int = 1, n: int = 4, length: int = 12)
     return {"input_ids": ids, "attention_mask": torch.ones(n, length, dtype=torch.long), "labels": labels}
 
 
+def calibration_batches(kind: str) -> list[dict]:
+    """What a data-driven method calibrates on here: random batches (the run's data in a real run)."""
+    return [batch(kind, seed=100 + i, n=8) for i in range(8)]
+
+
+def calibration_for(method, model, targets):
+    """The statistics a method asks for (none for most), through the shared pass and its on-disk cache
+    (the session's temporary cache folder), so each model and method computes them once."""
+    from peftlab.calibration.run import calibrate
+
+    request = method.calibration_request(model, target_defaults=targets)
+    if request is None:
+        return None
+    return calibrate(model, request, calibration_batches(kind_of(model)), say=lambda line: None)
+
+
 def adapt(name: str, model, seed: int = 0):
     cfg = compose([f"method={name}"])
     method = build(cfg.method)
     kind = "bert" if model.config.model_type == "bert" else "llama"
     arch = architecture(kind)
+    calibration = calibration_for(method, model, arch.targets)
     torch.manual_seed(seed)
     heads = arch.heads if kind == "bert" else ()  # a causal LM keeps its output layer frozen
-    method.prepare(model, target_defaults=arch.targets, head_modules=heads)
+    method.prepare(model, target_defaults=arch.targets, head_modules=heads, calibration=calibration)
     return method
 
 

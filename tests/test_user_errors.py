@@ -167,6 +167,12 @@ CASES: dict[str, Case] = {
     "compare unknown run name": Case(("compare", "tinny", "--runs-dir", "runs"), ("tinny", "--runs-dir"), store),
     # managing runs
     "runs --where unknown key": Case(("runs", "--where", "method.rnak=8"), ("method.rnak=8", "did you mean"), store),
+    "unknown calibration dataset": train(*TINY, "method=corda", "method.calibration.dataset=stdlib",
+                                         needles=("method.calibration.dataset=stdlib", "stdlib_docs")),
+    "calibration split that does not exist": train(*TINY, "method=eva", "method.calibration.split=dev",
+                                                   needles=("method.calibration.split=dev", "validation")),
+    "eva rho below 1": train(*TINY, "method=eva", "method.rho=0.5", needles=("method.rho=0.5", ">= 1")),
+    "corda unknown mode": train(*TINY, "method=corda", "method.mode=ipm", needles=("method.mode=ipm", "kpa")),
     "clean --runs without a selection": Case(("clean", "--runs"), ("--runs", "--where"), store),
     "clean unknown run": Case(("clean", "--runs", "nope", "--yes"), ("nope",), store),
     "sweep --status of a run": Case(("sweep", "--status", "runs/tiny/v1"), ("runs/tiny/v1", "sweep.json"), store),

@@ -39,4 +39,8 @@ def weight_pairs(model: Any, method: Any, target_defaults: Any) -> dict[str, tup
 def analyze_experiment(exp: Any, top_k: int = 10, epsilon: float = 0.5) -> dict[str, Any]:
     """Intruder dimensions, RankMe, norms and subspace overlap of every adapted layer."""
     pairs = weight_pairs(exp.model, exp.method, exp.loaded.target_defaults)
-    return analyze_layers(pairs, top_k=top_k, epsilon=epsilon)
+    result = analyze_layers(pairs, top_k=top_k, epsilon=epsilon)
+    for name, rank in exp.method.ranks().items():  # ranks the method chose per layer (EVA), next to RankMe
+        if name in result["layers"]:
+            result["layers"][name]["rank"] = rank
+    return result

@@ -36,11 +36,13 @@ def analyze_command(
     runs.atomic_write_json(target.analysis_path, result)
     model = result["model"]
     table = Table(title=f"{target.label}: spectral diagnostics per layer", title_justify="left")
-    for col in ("layer", "intruders", "rankme", "spectral", "frobenius", "overlap"):
+    chosen = any("rank" in row for row in result["layers"].values())  # the method chose each layer's rank
+    for col in ("layer", "intruders", *(("rank",) if chosen else ()), "rankme", "spectral", "frobenius", "overlap"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     ranked = sorted(result["layers"].items(), key=lambda kv: -kv[1]["intruders"])
     for name, row in ranked[:layers]:
-        table.add_row(name, str(row["intruders"]), f"{row['rankme']:.2f}", f"{row['spectral_norm']:.4f}",
+        rank = (str(row.get("rank", "-")),) if chosen else ()
+        table.add_row(name, str(row["intruders"]), *rank, f"{row['rankme']:.2f}", f"{row['spectral_norm']:.4f}",
                       f"{row['frobenius_norm']:.4f}", f"{row['subspace_overlap']:.3f}")
     console.print(table)
     console.print(

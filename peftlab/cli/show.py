@@ -216,6 +216,13 @@ def show_command(
                                   f"({sweep.get('path')})"))
     _kv(grid, "seed", meta.get("seed"))
     _kv(grid, "device", escape(str(meta["device"])) if meta.get("device") else None)
+    calibration = meta.get("calibration")
+    if isinstance(calibration, dict):
+        how = "computed" if calibration.get("computed") else "read from the cache"
+        _kv(grid, "calibration", escape(
+            f"{calibration.get('statistic')} of {calibration.get('layers')} layers, {calibration.get('examples')} "
+            f"examples, {how} in {fmt(calibration.get('seconds'))}s, <= "
+            f"{fmt((calibration.get('memory_bytes') or 0) / 2**20)} MiB of statistics at once"))
     env = meta.get("environment") or {}
     host = env.get("hostname")
     pid = meta.get("pid")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,8 +55,9 @@ class Adapter(nn.Module):
         self.out_features = out_features
 
     # -- set-up ---------------------------------------------------------------
-    def initialize(self, weight: Tensor, calibration: Tensor | None = None) -> Tensor | None:
-        """Set the adapter up from the pretrained weight W (m x n).
+    def initialize(self, weight: Tensor, calibration: Any = None) -> Tensor | None:
+        """Set the adapter up from the pretrained weight W (m x n) and, for a data-driven method,
+        its layer's calibration statistics (a dict of tensors, see ``Method.calibration_request``).
 
         Returns the new frozen base weight (e.g. ``W - s*B0 A0``) or None to keep W.
         """
@@ -212,6 +213,16 @@ class Method:
         self.initial: dict[str, Tensor] = {}
 
     # -- set-up -----------------------------------------------------------------
+    def calibration_request(self, model: nn.Module, *, target_defaults: Sequence[str]) -> Any:
+        """What a data-driven method needs to know about its layer inputs before it adapts ``model``.
+
+        None (the default) for methods that need nothing; else a
+        ``peftlab.calibration.Request`` (statistic, layers, data). The shared
+        calibration pass computes it once (cached on disk) and :meth:`prepare`
+        receives the result as ``calibration``: a mapping of layer name to tensors.
+        """
+        return None
+
     def prepare(
         self,
         model: nn.Module,
@@ -282,6 +293,11 @@ class Method:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
+    def ranks(self) -> dict[str, int]:
+        """The rank of every target layer when the method chose them itself (EVA from calibration
+        data), so the run folder can record them; {} when every layer has the configured rank."""
+        return {}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
@@ -301,14 +317,19 @@ class AdapterMethod(Method):
     def make_adapter(self, layer: nn.Linear, name: str) -> Adapter:
         raise NotImplementedError
 
+    def targets(self, model: nn.Module, target_defaults: Sequence[str]) -> list[str]:
+        """The Linear layers to adapt; a method whose data leave some layers without an adapter
+        (EVA's rank 0) narrows them here."""
+        return select_modules(model, self.target_modules, target_defaults)
+
     def adapt(self, model: nn.Module, *, target_defaults: Sequence[str], calibration: Any = None) -> None:
-        names = select_modules(model, self.target_modules, target_defaults)
+        names = self.targets(model, target_defaults)
         for p in model.parameters():
             p.requires_grad_(False)
         for name in names:
             layer = model.get_submodule(name)
             adapter = self.make_adapter(layer, name).to(device=layer.weight.device)
-            inputs = calibration.get(name) if isinstance(calibration, dict) else None
+            inputs = calibration.get(name) if isinstance(calibration, Mapping) else None
             with torch.no_grad():
                 new_base = adapter.initialize(layer.weight.detach(), inputs)
                 if new_base is not None:
