@@ -2,7 +2,8 @@
 
 Per optimizer step: ``grad_accum`` micro-batches of task loss + method loss
 terms + weighted regularizers, backward, ``method.on_after_backward``, gradient
-clipping, ``method.on_before_optimizer_step``, the optimizer step, the LR
+clipping (fp16 gradients are unscaled here, clipping or not), ``method.on_before_optimizer_step``,
+the optimizer step, the LR
 schedule (linear warmup, then cosine, linear or constant),
 ``method.on_after_optimizer_step``. Validation every ``trainer.eval_every``
 steps and at the end. Host synchronisation happens only at logging, evaluation

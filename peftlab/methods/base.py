@@ -209,7 +209,8 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 class Method:
     """How a model is adapted and trained.
 
-    The training loop calls, in order: :meth:`prepare` once, then per step
+    The training loop calls, in order: :meth:`prepare` once, :meth:`configure` once
+    (the loop's settings), then per step
     :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
     gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
     :meth:`on_after_optimizer_step`. :meth:`state_dict` /
