@@ -59,6 +59,6 @@ def test_stop_and_resume_gives_the_uninterrupted_run(method, tmp_path):
     assert result.returncode == 0, result.stderr
     straight, cut = tmp_path / "straight" / "v1", tmp_path / "cut" / "v1"
     assert train_lines(cut) == train_lines(straight)
-    a, b = load_file(str(straight / "adapter" / "adapter.safetensors")), load_file(str(cut / "adapter" / "adapter.safetensors"))
+    a, b = (load_file(str(run / "adapter" / "adapter.safetensors")) for run in (straight, cut))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     assert not any("bases" in k for k in a)  # RandLoRA's bases are regenerated, not stored

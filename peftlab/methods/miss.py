@@ -127,7 +127,8 @@ class MiSSAdapter(Adapter):
         return self.from_blocks(w).to(merged.dtype)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, rank={self.block_rank}" + (f", mini_rank={self.mini_rank}" if self.mode == "mini" else "")
+        mini = f", mini_rank={self.mini_rank}" if self.mode == "mini" else ""
+        return f"mode={self.mode}, rank={self.block_rank}{mini}"
 
 
 class MiSS(AdapterMethod):
