@@ -445,3 +445,23 @@ def test_update_unscales_before_a_method_adds_gradients_whatever_the_clipping(cl
                               scheduler=SimpleNamespace(step=lambda: None))
     Trainer._update(trainer, {"loss": torch.tensor(1.0)})
     assert calls == ["clip (unscales)" if clip else "unscale", "method", "step"]
+
+
+@pytest.mark.slow
+def test_the_training_loop_tells_sorsa_its_accumulation_steps(runs_dir, monkeypatch):
+    from peftlab.config import compose
+    from peftlab.train import train
+
+    seen = []
+    original = SORSA.on_before_optimizer_step
+
+    def spy(self, model, step, base_lr):
+        seen.append(self.grad_accum)
+        return original(self, model, step, base_lr)
+
+    monkeypatch.setattr(SORSA, "on_before_optimizer_step", spy)
+    overrides = ["model=tiny", "method=sorsa", "trainer.max_steps=2", "trainer.grad_accum=3", "trainer.eval_every=0",
+                 "trainer.batch_size=4"]
+    train(compose(overrides), overrides=overrides, argv=["peftlab", "train", *overrides], choices={"method": "sorsa"},
+          show_progress=False)
+    assert seen == [3, 3]
