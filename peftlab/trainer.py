@@ -2,7 +2,8 @@
 
 Per optimizer step: ``grad_accum`` micro-batches of task loss + method loss
 terms + weighted regularizers, backward, ``method.on_after_backward``, gradient
-clipping, ``method.on_before_optimizer_step``, the optimizer step, the LR
+clipping (fp16 gradients are unscaled here, clipping or not), ``method.on_before_optimizer_step``,
+the optimizer step, the LR
 schedule (linear warmup, then cosine, linear or constant),
 ``method.on_after_optimizer_step``. Validation every ``trainer.eval_every``
 steps and at the end. Host synchronisation happens only at logging, evaluation
@@ -147,6 +148,7 @@ class Trainer:
             exp.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.net, self.optimizer = self.accelerator.prepare(TaskForward(exp.task, exp.model), self._optimizer())
         self.model = exp.model
+        self.method.configure(total_steps=self.max_steps, grad_accum=self.accum)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         warmup = int(round(float(t.warmup_ratio) * self.max_steps))
         self.lr_factor = lr_lambda(str(t.schedule), warmup, self.max_steps)
@@ -332,9 +334,11 @@ class Trainer:
         model, method, step = self.model, self.method, self.step
         method.on_after_backward(model, step)
         grad_norm = None
-        if self.clip > 0:
+        if self.clip > 0:  # unscales fp16 gradients first
             grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.clip).detach()
             terms["grad_norm"] = grad_norm
+        else:  # gradients a method adds below must meet unscaled ones, clipping or not
+            self.accelerator.unscale_gradients()
         self.guard.observe(step + 1, terms["loss"])
         if not self.guard.skip_update(step + 1, terms["loss"], grad_norm):
             for name, value in method.on_before_optimizer_step(model, step, self.base_lr).items():

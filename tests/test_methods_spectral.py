@@ -335,3 +335,133 @@ def test_salt_top_rank_option():
     assert sum(p.numel() for p in trainable_parameters(model).values()) == 8 + 36
     with pytest.raises(UserError, match="method.top_rank"):
         adapt(SALT(top_rank=11), tiny())
+
+
+def test_salt_x_starts_with_the_relu_gain_kaiming_bound():
+    # SAM2: kaiming_uniform_(X, a=sqrt(20), nonlinearity="relu") -> U(-b, b), b = sqrt(2) sqrt(3 / fan_in),
+    # fan_in = rank (X is (k - r_top) x rank). Without the ReLU gain b would be sqrt(21) times smaller.
+    rank = 4
+    model = tiny(m=300, n=300)
+    adapt(SALT(rank=rank), model)
+    x = only_layer(model).adapter.salt_X.detach()
+    bound = (2 ** 0.5) * (3 / rank) ** 0.5
+    assert x.abs().max().item() <= bound
+    assert x.abs().max().item() > 0.99 * bound  # 1080 draws: the largest is within 1% of the bound
+    assert x.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)  # uniform, not a narrower law
+
+
+# ----------------------------------------------------------------------------- DoRA detach_norm
+
+
+def dora_grads(detach_norm: bool):
+    model = tiny()
+    w, b = model[0].weight.detach().clone(), model[0].bias.detach().clone()
+    adapt(DoRA(rank=4, alpha=8, detach_norm=detach_norm), model)
+    a = only_layer(model).adapter
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a.lora_A.normal_()
+        a.lora_B.normal_(std=0.3)
+    x, target = torch.randn(6, 12), torch.randn(6, 10)
+    ((model(x) - target) ** 2).sum().backward()
+    A, B = (t.detach().clone().requires_grad_() for t in (a.lora_A, a.lora_B))
+    v = w + a.scale * B @ A
+    norm = v.norm(dim=1) if not detach_norm else v.norm(dim=1).detach()
+    ((F.linear(x, (a.lora_magnitude.detach() / norm)[:, None] * v, b) - target) ** 2).sum().backward()
+    return a, A, B
+
+
+@pytest.mark.parametrize("detach_norm", [True, False])
+def test_dora_detach_norm_option_follows_its_formula(detach_norm):
+    a, A, B = dora_grads(detach_norm)
+    torch.testing.assert_close(a.lora_A.grad, A.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.lora_B.grad, B.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_dora_detach_norm_changes_the_gradient_not_the_output():
+    detached, _, _ = dora_grads(True)
+    through, _, _ = dora_grads(False)
+    assert not torch.allclose(detached.lora_B.grad, through.lora_B.grad, atol=1e-3)
+    with pytest.raises(UserError, match="method.detach_norm=yes"):
+        DoRA(detach_norm="yes")
+
+
+# ----------------------------------------------------------------------------- SORSA and the loop
+
+
+@pytest.mark.parametrize("accum", [1, 4])
+def test_sorsa_ortho_gradient_is_divided_by_the_accumulation_steps(accum):
+    # Official trainer: accelerator.backward((gamma / lr) L_o) once per optimizer step, and
+    # accelerate divides every backward by G: the added gradient is (gamma / (G lr)) dL_o.
+    gamma, lr = 4e-4, 1e-3
+    model = tiny()
+    method = SORSA(rank=3, gamma=gamma)
+    adapt(method, model)
+    method.configure(total_steps=10, grad_accum=accum)
+    a = only_layer(model).adapter
+    with torch.no_grad():
+        a.sorsa_A.add_(0.1 * torch.randn_like(a.sorsa_A))
+        a.sorsa_B.add_(0.1 * torch.randn_like(a.sorsa_B))
+    A, B = a.sorsa_A.detach().clone().requires_grad_(), a.sorsa_B.detach().clone().requires_grad_()
+    l_o = (torch.linalg.norm(A @ A.T - torch.eye(3)) + torch.linalg.norm(B.T @ B - torch.eye(3))) / 2
+    (gamma / (accum * lr) * l_o).backward()
+    method.on_before_optimizer_step(model, step=0, base_lr=lr)
+    torch.testing.assert_close(a.sorsa_A.grad, A.grad, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(a.sorsa_B.grad, B.grad, atol=1e-7, rtol=1e-5)
+
+
+class RecordingAccelerator:
+    """Stands in for accelerate's Accelerator in Trainer._update: records what the update calls."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def unscale_gradients(self):
+        self.calls.append("unscale")
+
+    def clip_grad_norm_(self, params, clip):
+        self.calls.append("clip (unscales)")
+        return torch.tensor(1.0)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_update_unscales_before_a_method_adds_gradients_whatever_the_clipping(clip):
+    from types import SimpleNamespace
+
+    from peftlab.nonfinite import Guard
+    from peftlab.trainer import Trainer
+
+    calls: list[str] = []
+
+    class Recorder(SORSA):
+        def on_before_optimizer_step(self, model, step, base_lr):
+            calls.append("method")
+            return {}
+
+    opt = SimpleNamespace(step=lambda: calls.append("step"), zero_grad=lambda set_to_none: None)
+    trainer = SimpleNamespace(model=tiny(), method=Recorder(), step=0, clip=clip, trainable=[], base_lr=1e-3,
+                              accelerator=RecordingAccelerator(calls), optimizer=opt, max_steps=1,
+                              guard=Guard("fail", 3, torch.device("cpu")),
+                              scheduler=SimpleNamespace(step=lambda: None))
+    Trainer._update(trainer, {"loss": torch.tensor(1.0)})
+    assert calls == ["clip (unscales)" if clip else "unscale", "method", "step"]
+
+
+@pytest.mark.slow
+def test_the_training_loop_tells_sorsa_its_accumulation_steps(runs_dir, monkeypatch):
+    from peftlab.config import compose
+    from peftlab.train import train
+
+    seen = []
+    original = SORSA.on_before_optimizer_step
+
+    def spy(self, model, step, base_lr):
+        seen.append(self.grad_accum)
+        return original(self, model, step, base_lr)
+
+    monkeypatch.setattr(SORSA, "on_before_optimizer_step", spy)
+    overrides = ["model=tiny", "method=sorsa", "trainer.max_steps=2", "trainer.grad_accum=3", "trainer.eval_every=0",
+                 "trainer.batch_size=4"]
+    train(compose(overrides), overrides=overrides, argv=["peftlab", "train", *overrides], choices={"method": "sorsa"},
+          show_progress=False)
+    assert seen == [3, 3]

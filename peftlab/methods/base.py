@@ -77,7 +77,17 @@ class Adapter(nn.Module):
         return F.linear(x, self.delta_weight().to(x.dtype))
 
     def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
-        return base(x) + self.delta_forward(x)
+        # As PEFT's LoRA layers do: the input is cast to the adapter's dtype (fp32 on a
+        # half-precision model), the adapter path runs in it (autocast, when active, still
+        # picks the matmul precision) and its output is cast back to the base output's dtype.
+        result = base(x)
+        return result + self.delta_forward(x.to(self.compute_dtype(x))).to(result.dtype)
+
+    def compute_dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype of the adapter path: that of the adapter's parameters (x's if it has none)."""
+        for p in self.parameters():
+            return p.dtype
+        return x.dtype
 
     # -- merging ----------------------------------------------------------------
     def merged_weight(self, weight: Tensor) -> Tensor:
@@ -200,7 +210,8 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 class Method:
     """How a model is adapted and trained.
 
-    The training loop calls, in order: :meth:`prepare` once, then per step
+    The training loop calls, in order: :meth:`prepare` once, :meth:`configure` once
+    (the loop's settings), then per step
     :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
     gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
     :meth:`on_after_optimizer_step`. :meth:`state_dict` /
@@ -211,6 +222,7 @@ class Method:
         if unused:
             raise UserError(f"unknown method option(s): {', '.join(sorted(unused))}")
         self.initial: dict[str, Tensor] = {}
+        self.total_steps, self.grad_accum = 0, 1  # until configure() says otherwise
 
     # -- set-up -----------------------------------------------------------------
     def calibration_request(self, model: nn.Module, *, target_defaults: Sequence[str]) -> Any:
@@ -272,6 +284,15 @@ class Method:
                     layer.merge()
 
     # -- training hooks ---------------------------------------------------------
+    def configure(self, *, total_steps: int, grad_accum: int) -> None:
+        """Told by the training loop, before the first step, how it will train.
+
+        For methods whose rule depends on the loop's settings (e.g. a gradient added
+        once per optimizer step that must be scaled like the accumulated loss);
+        the loop calls it for every method, so no method needs a loop change.
+        """
+        self.total_steps, self.grad_accum = int(total_steps), int(grad_accum)
+
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default every trainable parameter, one group."""
         return [{"params": list(trainable_parameters(model).values()), "lr": lr, "weight_decay": weight_decay}]
@@ -334,7 +355,9 @@ class AdapterMethod(Method):
                 new_base = adapter.initialize(layer.weight.detach(), inputs)
                 if new_base is not None:
                     layer.weight.copy_(new_base.to(layer.weight.dtype))
-            adapter.to(dtype=layer.weight.dtype)
+            # Trainable adapters stay fp32 on a half-precision model (PEFT's autocast_adapter_dtype):
+            # an optimizer update in bf16/fp16 loses steps smaller than the weight's rounding step.
+            adapter.to(dtype=torch.promote_types(layer.weight.dtype, torch.float32))
             # A new module starts in train mode; follow the layer it replaces so that
             # adapter dropout is off in a model adapted in eval mode.
             replace_module(model, name, AdaptedLinear(layer, adapter).train(layer.training))

@@ -4,7 +4,8 @@ Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation".
 
     V = W + s B A                         (LoRA on the direction)
     y = (m / ||V||_row) * (V x) + b       m in R^out, init m_j = ||W_j,:||_2
-    ||V||_row is DETACHED (paper §4.3, NVlabs dora_simple=True, always on in PEFT)
+    ||V||_row is DETACHED by default (paper §4.3, NVlabs dora_simple=True, always on in PEFT);
+    detach_norm=false lets the gradient flow through it (the paper's full form, dora_simple=False)
     merge: W <- (m / ||W + sBA||_row)[:, None] * (W + sBA);   #P = r (m + n) + m
 
 The forward is PEFT's efficient form, which never materialises V x:
@@ -13,8 +14,9 @@ The forward is PEFT's efficient form, which never materialises V x:
 
 ``W x`` is ``base(x) - b``, so no second full matmul when dropout is off; with
 dropout in training, ``W dropout(x)`` is computed separately, as PEFT does.
-Numerics follow peft/tuners/lora/dora.py (norm in the input dtype, the same
-order of operations), so outputs match PEFT's ``use_dora=True`` to float rounding.
+Numerics follow peft/tuners/lora/dora.py (input cast to the adapter's dtype, W
+and the norm in that dtype, the same order of operations), so outputs match
+PEFT's ``use_dora=True`` to float rounding.
 
 Since the change is not additive, ``forward``, ``merged_weight`` and
 ``unmerged_weight`` are overridden; ``delta_weight()`` is the direction update
@@ -23,10 +25,14 @@ Since the change is not additive, ``forward``, ``merged_weight`` and
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from peftlab.errors import UserError
+from peftlab.methods.base import Adapter
 from peftlab.methods.lora import LoRA, LoRAAdapter
 
 
@@ -34,8 +40,9 @@ class DoRAAdapter(LoRAAdapter):
     """LoRA's ``lora_A`` / ``lora_B`` plus the magnitude vector ``lora_magnitude``."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, scale: float,
-                 dropout: float = 0.0, init: str = "kaiming"):
+                 dropout: float = 0.0, init: str = "kaiming", detach_norm: bool = True):
         super().__init__(in_features, out_features, rank, scale, dropout, init)
+        self.detach_norm = detach_norm
         self.lora_magnitude = nn.Parameter(torch.ones(out_features))
         # ||W + sBA||_row at merge time: unmerging needs it (the merged weight alone does not determine it).
         self.register_buffer("merge_norm", None, persistent=False)
@@ -48,17 +55,18 @@ class DoRAAdapter(LoRAAdapter):
     def expected_trainable(self) -> int:
         return self.rank * (self.in_features + self.out_features) + self.out_features
 
-    @torch.no_grad()
     def weight_norm(self, weight: Tensor) -> Tensor:
-        """``||W + s B A||`` per output row, outside the autograd graph (the detached norm).
+        """``||W + s B A||`` per output row; outside the autograd graph when ``detach_norm``.
 
-        B A is formed here, under no_grad, so the m x n product never enters the graph.
+        Detached, B A is formed under no_grad, so the m x n product never enters the graph.
         """
-        lora_weight = (self.lora_B @ self.lora_A).to(weight.dtype)
-        return torch.linalg.norm(weight + self.scale * lora_weight, dim=1).to(weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
+            lora_weight = (self.lora_B @ self.lora_A).to(weight.dtype)
+            return torch.linalg.norm(weight + self.scale * lora_weight, dim=1).to(weight.dtype)
 
     def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
         result = base(x)
+        x = x.to(self.compute_dtype(x))
         weight = base.weight.to(x.dtype)
         norm = self.weight_norm(weight)
         mag_norm_scale = (self.lora_magnitude / norm).view(1, -1)
@@ -68,7 +76,9 @@ class DoRAAdapter(LoRAAdapter):
             x = self.dropout(x)
             base_result = F.linear(x, weight)
         lora_result = F.linear(F.linear(x, self.lora_A), self.lora_B)
-        return result + ((mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * self.scale)
+        base_result = base_result.to(x.dtype)
+        dora = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * self.scale
+        return result + dora.to(result.dtype)
 
     # -- merging: W' = (m/||W+sBA||) (W + sBA), computed in fp32 ------------------
     def merged_weight(self, weight: Tensor) -> Tensor:
@@ -86,6 +96,18 @@ class DoRAAdapter(LoRAAdapter):
 
 
 class DoRA(LoRA):
-    """DoRA: LoRA options (rank, alpha, dropout, rslora, init, target_modules) plus a trained magnitude."""
+    """DoRA: LoRA options (rank, alpha, dropout, rslora, init, target_modules) plus a trained magnitude;
+    ``detach_norm`` (default true) detaches the row norm ||W + sBA|| from the gradient."""
 
     adapter_class = DoRAAdapter
+
+    def __init__(self, detach_norm: bool = True, **options: Any):
+        super().__init__(**options)
+        if not isinstance(detach_norm, bool):
+            raise UserError(f"method.detach_norm={detach_norm} is not allowed: use true or false")
+        self.detach_norm = detach_norm
+
+    def make_adapter(self, layer: nn.Linear, name: str) -> Adapter:
+        adapter = super().make_adapter(layer, name)
+        adapter.detach_norm = self.detach_norm
+        return adapter

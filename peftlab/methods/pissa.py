@@ -19,8 +19,10 @@ the rank (s = 1), as in the PiSSA training scripts.
 use K=16). Like PEFT, the fast SVD draws its random test matrix from torch's
 global generator, so it is reproducible under the run seed.
 
-The residual is computed in fp32 and stored in the layer's dtype; A and B are
-cast to the layer's dtype by the framework, as PEFT does.
+The residual is computed in fp32 and stored in the layer's dtype; A and B stay
+fp32 on a half-precision model (the framework keeps adapter parameters fp32, as
+PEFT's ``autocast_adapter_dtype`` does), so base + adapter reproduces W up to the
+rounding of the residual to the layer's dtype.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ BioMedIA-MBZUAI/SALT, SAM/SAM2).
     W = U diag(sigma) V^T   (full thin SVD in fp32, k = min(m, n) values; U, sigma, V frozen buffers)
     r_top = top_rank, or max(1, int(k * top_ratio))   (SAM2 code: ratio 0.1)
     trainable: scale a (r_top, init 1), shift c (r_top, init 0),
-               X ((k - r_top) x rank, kaiming-uniform a=sqrt(20) as in SAM2), Y (rank x (k - r_top), 0)
+               X ((k - r_top) x rank, kaiming-uniform as in SAM2), Y (rank x (k - r_top), 0)
     S' = diag(sigma);  S'[:r_top, :r_top] = diag(a * sigma_top + c);  S'[r_top:, r_top:] += X Y
     W' = U ReLU(S') V^T,   y = W' x + b;     #P = 2 r_top + 2 (k - r_top) rank
 
@@ -28,7 +28,10 @@ reg_weight defaults to 0.01 (the official ``train()`` default; its shipped
 config sets 0). Official low-rank sizes r_L: 256 in the SAM2 globals, 4 in the
 shipped config; peftlab's default ``rank`` is 8. X, Y init: SAM2's
 kaiming/zero is used (SAM v1 draws both from 0.01 N(0, 1), which would change
-the model at init).
+the model at init). SAM2 calls ``kaiming_uniform_(X, a=sqrt(20), nonlinearity="relu")``:
+with the ReLU gain sqrt(2) the ``a`` is ignored and X ~ U(-bound, bound) with
+bound = sqrt(2) sqrt(3 / rank) (fan_in = rank, X's second dimension). Without
+``nonlinearity="relu"`` the leaky-ReLU gain sqrt(2/21) would make X sqrt(21) ~ 4.6x smaller.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class SALTAdapter(Adapter):
         nn.init.ones_(self.salt_scale)
         nn.init.zeros_(self.salt_shift)
         if self.salt_X.numel():
-            nn.init.kaiming_uniform_(self.salt_X, a=math.sqrt(20))
+            nn.init.kaiming_uniform_(self.salt_X, a=math.sqrt(20), nonlinearity="relu")
         nn.init.zeros_(self.salt_Y)
         return None
 

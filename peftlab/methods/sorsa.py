@@ -24,6 +24,12 @@ the ortho step is ``gamma (lr_t / base_lr) grad L_o`` (exact at the peak lr);
 with Adam(W) the ortho gradient goes through the adaptive moments together
 with the task gradient, so the rule is only approximately decoupled. This runs in :meth:`SORSA.on_before_optimizer_step`.
 
+Gradient accumulation over G micro-batches: the official trainer adds the
+ortho term once per optimizer step with ``accelerator.backward``, which divides
+every loss by G, so its effective gamma is gamma / G (the paper's gamma = 4e-4
+ran with G = 64). We follow the official rule: the added gradient is that of
+``(gamma / (G * base_lr)) L_o``, G given by the loop through :meth:`Method.configure`.
+
 Official defaults: gamma 4e-4, lr 3e-5, r = 128; peftlab's YAML keeps rank 8
 like the other adapters (override with method.rank=128 for the paper setting).
 """
@@ -115,6 +121,7 @@ class SORSA(AdapterMethod):
             if loss is None:
                 return {}
             if self.gamma > 0 and base_lr > 0:
-                # Added after clipping: the gradient of (gamma / base_lr) L_o bypasses the clip.
-                (self.gamma / base_lr * loss).backward()
+                # Added after clipping: the gradient of (gamma / base_lr) L_o bypasses the clip;
+                # divided by G like the official accelerator.backward under accumulation.
+                (self.gamma / (base_lr * self.grad_accum) * loss).backward()
         return {"sorsa_ortho": loss.detach()}
