@@ -22,6 +22,10 @@ Options, for large models:
   lower bound, exact when rank(dW) <= q (LoRA: rank <= r; PiSSA: <= 2r), and
   so is its gradient ``Q U V^T``.
 
+The gradient is the minimal subgradient ``U_r V_r^T`` over the numerical rank
+r (0 at a zero change), not torch's default, which adds arbitrary singular
+vectors of the zero singular values.
+
 Where we differ from SaRA: SaRA's matrix is the sparse trained weight itself
 (``W o M``), not a change, since its trainable entries start near 0.
 """
@@ -36,7 +40,12 @@ from peftlab.regularizers.base import Regularizer, RegularizerContext
 
 
 def nuclear_norm(d: Tensor) -> Tensor:
-    return torch.linalg.matrix_norm(d.float(), ord="nuc")
+    """``sum_i sigma_i(d)`` whose gradient is the minimal subgradient ``U_r V_r^T`` (r = numerical rank):
+    singular values below rounding level are left out, so that the arbitrary singular vectors of a
+    rank-deficient matrix (LoRA's update, a zero change) do not enter the gradient. No host sync."""
+    sigma = torch.linalg.svdvals(d.float())
+    tol = sigma.max().detach() * max(d.shape) * torch.finfo(torch.float32).eps
+    return (sigma * (sigma.detach() > tol)).sum()
 
 
 def sketched_nuclear_norm(d: Tensor, q: int, power_iterations: int = 1) -> Tensor:
@@ -47,7 +56,7 @@ def sketched_nuclear_norm(d: Tensor, q: int, power_iterations: int = 1) -> Tenso
         basis = torch.linalg.qr(d @ omega).Q
         for _ in range(power_iterations):
             basis = torch.linalg.qr(d @ (d.T @ basis)).Q
-    return torch.linalg.matrix_norm(basis.T @ d, ord="nuc")
+    return nuclear_norm(basis.T @ d)
 
 
 def optional_count(value, option: str) -> int | None:
