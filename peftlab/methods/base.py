@@ -78,7 +78,6 @@ class Adapter(nn.Module):
     def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
         return base(x) + self.delta_forward(x)
 
-    # -- merging ----------------------------------------------------------------
     def factors(self) -> tuple[Tensor, Tensor] | None:
         """``(B, A)``, the m x r and r x n factor matrices of an update ``B M A`` (M a small core,
         possibly the identity), or None when the adapter has none. Regularizers on factors
@@ -86,6 +85,7 @@ class Adapter(nn.Module):
         ``"factors"`` in ``Method.provides``."""
         return None
 
+    # -- merging ----------------------------------------------------------------
     def merged_weight(self, weight: Tensor) -> Tensor:
         """The single weight that computes what base + adapter compute."""
         return weight + self.delta_weight().to(weight.dtype)
