@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from peftlab.config import build, compose, config_dir
 from peftlab.errors import UserError
@@ -316,3 +315,26 @@ def test_ba_lora_trains_and_logs_each_term_raw_and_weighted(runs_dir, args):
         assert r["loss"] == pytest.approx(r["loss/task"] + sum(r[f"reg/{n}/weighted"] for n in names), rel=1e-5)
     assert lines[0]["reg/ba_consistency"] == pytest.approx(0, abs=1e-6)  # step 1's forward is the pretrained one
     assert -1 <= lines[-1]["reg/ba_svd"] < 0
+
+
+def test_compare_shows_each_term_of_the_last_training_line_as_a_column():
+    from peftlab.compare.formats import columns, to_csv
+    from peftlab.compare.grouping import Row
+    from peftlab.metrics import regularizer_terms
+
+    records = [{"split": "train", "step": 1, "reg/orthonormal": 3.0, "reg/orthonormal/weighted": 0.003},
+               {"split": "validation", "step": 1, "loss": 1.0},
+               {"split": "train", "step": 2, "reg/orthonormal": 2.5, "reg/orthonormal/weighted": 0.0025,
+                "reg/kl_pretrained": 0.1},
+               {"split": "test", "step": 2, "accuracy": 0.5}]
+    assert regularizer_terms(records) == {"reg/orthonormal": 2.5, "reg/kl_pretrained": 0.1}  # raw, last line
+    rows = [Row(key=(("w", "0"),), params={"w": "0"}, records=[], metric="accuracy", higher_is_better=True,
+                regularizers={"reg/orthonormal": 2.5}),
+            Row(key=(("w", "1"),), params={"w": "1"}, records=[], metric="accuracy", higher_is_better=True,
+                regularizers={"reg/orthonormal": 1.5, "reg/kl_pretrained": 0.1})]
+    headers = [c.header for c in columns(rows)]
+    assert "reg/orthonormal" in headers and "reg/kl_pretrained" in headers
+    cells = {c.header: c.cell(rows[0]) for c in columns(rows)}
+    assert cells["reg/orthonormal"] == "2.5" and cells["reg/kl_pretrained"] == "-"
+    head = to_csv(rows).splitlines()[0]
+    assert "reg/orthonormal" in head.split(",") and "reg/kl_pretrained" in head.split(",")
