@@ -129,7 +129,7 @@ def known_keys(parent: str, overrides: Sequence[str], dirs: Sequence[Path]) -> l
             if node is not None:
                 node = OmegaConf.select(node, rest) if rest else node
                 if isinstance(node, DictConfig):
-                    return sorted(str(k) for k in node.keys())
+                    return sorted(str(k) for k in node.keys() if k != "defaults")
     return []
 
 

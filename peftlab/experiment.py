@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from peftlab.calibration import prepare as calibrate
 from peftlab.config import build, regularizer_nodes
 from peftlab.errors import UserError
 from peftlab.layout import ADAPTER_CONFIG_FILE, ADAPTER_DIR
@@ -82,6 +83,10 @@ def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[st
     """
     task = build_task(cfg)
     task.check_metric(str(cfg.trainer.metric))
+    method: Method = build(cfg.method)
+    regularizers = [build(node, name=name) for name, node in regularizer_nodes(cfg).items()]
+    for reg in regularizers:
+        reg.check(method)  # a regularizer the method cannot serve fails before any data or model is loaded
     raw = None
     if with_data or labels is None:
         raw = build(cfg.dataset, seed=int(cfg.seed))
@@ -91,18 +96,12 @@ def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[st
     loaded: LoadedModel = build(cfg.model, head=task.head, seed=int(cfg.seed), **task.model_kwargs())
     task.check_model(loaded.model, str(cfg.model.get("name")))
     splits = task.tokenize(raw, loaded.tokenizer, loaded.max_length) if with_data else None
-    method: Method = build(cfg.method)
-    from peftlab.calibration import prepare as calibrate
-
     calibration = calibrate(method, loaded, cfg, task, splits)  # None unless the method asks for statistics
     torch.manual_seed(int(cfg.seed))  # adapter inits (e.g. LoRA's A) are drawn from the run's seed
     method.prepare(loaded.model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules,
                    calibration=calibration)
-    regularizers = []
-    for name, node in regularizer_nodes(cfg).items():
-        reg = build(node, name=name)
+    for reg in regularizers:
         reg.setup(loaded.model, method)
-        regularizers.append(reg)
     return Experiment(cfg, loaded, method, regularizers, task, splits, calibration)
 
 

@@ -31,3 +31,16 @@ def selected_validation(summary: dict, metric: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+#: Prefix of the training terms regularizers log (``reg/<name>`` raw, ``reg/<name>/weighted``).
+REGULARIZER_PREFIX = "reg/"
+
+
+def regularizer_terms(records: list[dict]) -> dict[str, float]:
+    """The raw ``reg/<name>`` values of the last training line of a run's metrics (empty when none)."""
+    for record in reversed(records):
+        if record.get("split") == "train":
+            return {k: float(v) for k, v in record.items() if k.startswith(REGULARIZER_PREFIX)
+                    and "/" not in k[len(REGULARIZER_PREFIX):] and isinstance(v, (int, float))}
+    return {}

@@ -41,7 +41,7 @@ from peftlab.metrics import lower_is_better
 from peftlab.nonfinite import Guard
 from peftlab.processes import Processes
 from peftlab.progress import Progress
-from peftlab.regularizers.base import RegularizerContext
+from peftlab.regularizers.base import RegularizerContext, add_terms
 from peftlab.tasks.base import Task, combine
 
 
@@ -320,11 +320,11 @@ class Trainer:
             loss = loss + value
             terms[f"reg/{name}"] = value.detach()
         if self.regularizers:
-            ctx = RegularizerContext(self.model, self.method, batch, out)
-            for reg in self.regularizers:
-                value = reg.term(ctx)
-                loss = loss + reg.weight * value
-                terms[f"reg/{reg.name}"] = value.detach()
+            # One context per micro-batch: the pretrained outputs, if any term asks, are computed once.
+            weighted, logged = add_terms(self.regularizers, RegularizerContext(self.model, self.method, batch, out,
+                                                                                self.task))
+            loss = loss if weighted is None else loss + weighted
+            terms.update(logged)
         terms["loss"] = loss.detach()
         self.accelerator.backward(loss)
         return terms

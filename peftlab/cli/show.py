@@ -164,6 +164,30 @@ def _summary(run: store.Run) -> None:
     console.print(grid)
 
 
+def _regularizers(run: store.Run) -> None:
+    """Each regularizer's weight and its last logged raw and weighted values."""
+    from peftlab.metrics import regularizer_terms
+
+    records = run.metrics()
+    terms = regularizer_terms(records)
+    if not terms:
+        return
+    _section("regularizer terms (last training line)")
+    last = next(r for r in reversed(records) if r.get("split") == "train")
+    weights = run.config.get("regularizer") or {}
+    grid = _grid()
+    for key, raw in terms.items():
+        node = weights.get(key[len("reg/"):]) if isinstance(weights, dict) else None
+        weight = node.get("weight") if isinstance(node, dict) else None
+        parts = [f"raw {fmt(raw)}"]
+        if weight is not None:
+            parts.append(f"weight {fmt(weight)}")
+        if isinstance(last.get(f"{key}/weighted"), (int, float)):
+            parts.append(f"weighted {fmt(last[f'{key}/weighted'])}")
+        _kv(grid, key, escape(", ".join(parts)))
+    console.print(grid)
+
+
 def _last_metrics(run: store.Run) -> None:
     records = run.metrics()
     _section(f"last metrics ({min(len(records), LAST_METRICS)} of {len(records)} lines)")
@@ -249,4 +273,5 @@ def show_command(
 
     _config_diff(run)
     _summary(run)
+    _regularizers(run)
     _last_metrics(run)

@@ -100,10 +100,21 @@ def columns(rows: Sequence[Row]) -> list[Column]:
         Column("tokens/s", lambda r: fmt_count(r.tokens_per_s), "secondary"),
         Column("peak MB", lambda r: fmt_count(r.peak_memory_mb), "secondary"),
     ]
+    for name in regularizer_names(rows):
+        cols.append(Column(name, (lambda r, n=name: _fmt_term(r.regularizers.get(n))), "secondary"))
     if any(r.intruders is not None for r in rows):
         cols.append(Column("intruders", lambda r: "-" if r.intruders is None else f"{r.intruders:.3g}", "secondary"))
     cols.append(Column("", lambda r: r.mark, "mark"))
     return cols
+
+
+def regularizer_names(rows: Sequence[Row]) -> list[str]:
+    """The ``reg/<name>`` terms any row logged, in the order first seen."""
+    return list(dict.fromkeys(k for r in rows for k in r.regularizers))
+
+
+def _fmt_term(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def caption(rows: Sequence[Row]) -> str:
@@ -153,6 +164,7 @@ def _row_dict(r: Row) -> dict:
         "tokens_per_s": r.tokens_per_s,
         "peak_memory_mb": r.peak_memory_mb,
         "intruders": r.intruders,
+        **{name: r.regularizers.get(name) for name in r.regularizers},
         "best": r.best,
         "within_noise": r.within_noise,
         "mark": r.mark,
@@ -165,7 +177,8 @@ def to_csv(rows: Sequence[Row]) -> str:
         return ""
     dicts = [_row_dict(r) for r in rows]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(dicts[0]), lineterminator="\n")
+    fields = list(dict.fromkeys(k for d in dicts for k in d))  # rows may log different regularizer terms
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for d in dicts:
         w.writerow({k: ("" if v is None else v) for k, v in d.items()})

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ from peftlab.runs import Run
 from peftlab.compare.selection import selected_validation
 from peftlab.values import MISSING, as_number, canonical, override_key
 from peftlab.errors import UserError, did_you_mean
-from peftlab.metrics import LOWER_IS_BETTER, lower_is_better  # noqa: F401  (LOWER_IS_BETTER: part of compare's API)
+from peftlab.metrics import LOWER_IS_BETTER, lower_is_better, regularizer_terms  # noqa: F401  (LOWER_IS_BETTER: part of compare's API)
 
 #: Override keys that never distinguish configurations.
 IGNORED_KEYS = frozenset({"seed", "name", "runs_dir", "resume"})
@@ -88,6 +89,7 @@ class Row:
     tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
     intruders: float | None = None
+    regularizers: dict[str, float | None] = dataclasses.field(default_factory=dict)  # reg/<name>: mean raw value
     best: bool = False
     within_noise: bool = False
 
@@ -212,6 +214,13 @@ def _intruders(rec: Run) -> Any:
     return model.get("intruders") if isinstance(model, dict) else None
 
 
+def _regularizers(recs: Sequence[Run]) -> dict[str, float | None]:
+    """Each regularizer term's raw value on the last training line, averaged over the runs that log it."""
+    per_run = [regularizer_terms(r.metrics()) for r in recs]
+    names = list(dict.fromkeys(k for terms in per_run for k in terms))
+    return {k: _mean(terms.get(k) for terms in per_run) for k in names}
+
+
 def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
     """The statistics of one configuration over its seeds (marks are set later, by :func:`mark_best`)."""
     kd = dict(key)
@@ -234,6 +243,7 @@ def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
         tokens_per_s=_mean(r.summary.get("tokens_per_s") for r in recs),
         peak_memory_mb=_mean(r.summary.get("peak_memory_mb") for r in recs),
         intruders=_mean(_intruders(r) for r in recs),
+        regularizers=_regularizers(recs),
     )
 
 

@@ -89,7 +89,9 @@ def _drop_secondary(cols: Sequence[Column], needs: list[int], width: int) -> tup
         total = sum(min(needs[i], LABEL_COMFORT) if cols[i].kind == "label" else needs[i] for i in keep)
         return total + _PER_COLUMN * len(keep) <= width
 
-    for name in DROP_ORDER:
+    # Regularizer terms (reg/<name>) go after the speed and memory columns, before the rest.
+    extra = [c.header for c in cols if c.kind == "secondary" and c.header not in DROP_ORDER]
+    for name in list(DROP_ORDER[:2]) + extra + list(DROP_ORDER[2:]):
         if fits():
             break
         for i in [i for i in keep if cols[i].kind == "secondary" and cols[i].header == name]:

@@ -89,6 +89,13 @@ class Adapter(nn.Module):
             return p.dtype
         return x.dtype
 
+    def factors(self) -> tuple[Tensor, Tensor] | None:
+        """``(B, A)``, the m x r and r x n factor matrices of an update ``B M A`` (M a small core,
+        possibly the identity), or None when the adapter has none. Regularizers on factors
+        (orthonormality, orthogonality) use them; a method whose adapters have them lists
+        ``"factors"`` in ``Method.provides``."""
+        return None
+
     # -- merging ----------------------------------------------------------------
     def merged_weight(self, weight: Tensor) -> Tensor:
         """The single weight that computes what base + adapter compute."""
@@ -158,6 +165,16 @@ def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}
 
 
+def factor_pairs(model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
+    """``(B, A)`` of every adapted layer whose adapter has factor matrices, by layer name."""
+    pairs = {}
+    for name, layer in adapted_layers(model).items():
+        factors = layer.adapter.factors()
+        if factors is not None:
+            pairs[name] = factors
+    return pairs
+
+
 def merge(model: nn.Module) -> None:
     for layer in adapted_layers(model).values():
         layer.merge()
@@ -216,7 +233,16 @@ class Method:
     gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
     :meth:`on_after_optimizer_step`. :meth:`state_dict` /
     :meth:`load_state_dict` carry method state through checkpoints.
+
+    ``provides`` says what regularizers may ask of the method (see
+    :mod:`peftlab.regularizers.base`): every method can run the pretrained
+    function (``reference_outputs``) and report its weight changes
+    (``weight_change``); methods whose adapters have factor matrices add
+    ``factors``. It is a class attribute so that a regularizer that does not fit
+    can name the methods it fits without building any.
     """
+
+    provides: frozenset[str] = frozenset({"reference_outputs", "weight_change"})
 
     def __init__(self, **unused: Any):
         if unused:
@@ -283,6 +309,16 @@ class Method:
                 for layer in layers:
                     layer.merge()
 
+    def weight_changes(self, model: nn.Module) -> dict[str, Tensor]:
+        """``W - W_pretrained`` of every matrix the method trains, by name, differentiable.
+
+        By default: every trainable 2-D parameter minus its initial value (full
+        fine-tuning, methods that train weights in place).
+        """
+        params = trainable_parameters(model)
+        return {n: p - self.initial[n].to(p.device, p.dtype) for n, p in params.items()
+                if p.ndim == 2 and n in self.initial}
+
     # -- training hooks ---------------------------------------------------------
     def configure(self, *, total_steps: int, grad_accum: int) -> None:
         """Told by the training loop, before the first step, how it will train.
@@ -334,6 +370,27 @@ class AdapterMethod(Method):
     def __init__(self, target_modules: str | Sequence[str] | None = None, **rest: Any):
         super().__init__(**rest)
         self.target_modules = target_modules
+        self.initial_deltas: dict[str, Tensor] | None = None  # nonzero delta_weight() at init, by layer
+
+    def weight_changes(self, model: nn.Module) -> dict[str, Tensor]:
+        """``delta_weight() - delta_weight()`` at initialisation for every adapted layer, by layer name.
+
+        The initial deltas are computed once, in the pretrained function, and only
+        the nonzero ones are kept (a base-rewriting adapter such as PiSSA starts at
+        ``s B0 A0``; LoRA starts at 0). For DoRA this is the change of the direction
+        term ``s B A``; the magnitude vector is not part of it.
+        """
+        layers = adapted_layers(model)
+        if self.initial_deltas is None:
+            with self.reference(model):
+                deltas = {n: layer.adapter.delta_weight().detach().clone() for n, layer in layers.items()}
+            self.initial_deltas = {n: d for n, d in deltas.items() if bool(d.ne(0).any())}
+        changes = {}
+        for name, layer in layers.items():
+            delta = layer.adapter.delta_weight()
+            start = self.initial_deltas.get(name)
+            changes[name] = delta if start is None else delta - start.to(delta.dtype)
+        return changes
 
     def make_adapter(self, layer: nn.Linear, name: str) -> Adapter:
         raise NotImplementedError

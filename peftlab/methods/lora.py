@@ -52,6 +52,9 @@ class LoRAAdapter(Adapter):
     def delta_weight(self) -> Tensor:
         return self.scale * (self.lora_B @ self.lora_A)
 
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.lora_B, self.lora_A
+
     def delta_forward(self, x: Tensor) -> Tensor:
         # Two thin matmuls (r-wide) instead of materialising the m x n update.
         return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
@@ -61,6 +64,7 @@ class LoRA(AdapterMethod):
     """LoRA (``rslora=true`` for rsLoRA scaling)."""
 
     adapter_class = LoRAAdapter
+    provides = AdapterMethod.provides | {"factors"}
 
     def __init__(self, rank: int = 8, alpha: float = 16, dropout: float = 0.0, rslora: bool = False,
                  init: str = "kaiming", target_modules: Any = None, **rest: Any):

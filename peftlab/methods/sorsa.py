@@ -78,6 +78,9 @@ class SORSAAdapter(Adapter):
         # r-wide path: A x, times S, then B; the m x n update is never built.
         return F.linear(F.linear(self.dropout(x), self.sorsa_A) * self.sorsa_S, self.sorsa_B) * self.scale
 
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.sorsa_B, self.sorsa_A
+
     def orthonormality(self) -> tuple[Tensor, Tensor]:
         """``(||A A^T - I||_F, ||B^T B - I||_F)`` in fp32, differentiable."""
         a, b = self.sorsa_A.float(), self.sorsa_B.float()
@@ -87,6 +90,8 @@ class SORSAAdapter(Adapter):
 
 class SORSA(AdapterMethod):
     """SORSA with the official decoupled orthonormal gradient (``gamma``)."""
+
+    provides = AdapterMethod.provides | {"factors"}
 
     def __init__(self, rank: int = 8, alpha: float | None = None, dropout: float = 0.0, gamma: float = 4e-4,
                  target_modules: Any = None, **rest: Any):

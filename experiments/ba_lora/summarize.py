@@ -1,0 +1,78 @@
+"""Summarize the BA-LoRA runs: accuracy and BA-LoRA's three terms per arm (mean ± std over seeds).
+
+Usage: python summarize.py RUNS_DIR   (prints Markdown; run.sh writes it to results.md)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ORDER = ("lora", "pissa", "ba_lora", "ba_lora_x100")
+TERMS = ("ba_consistency", "ba_diversity", "ba_svd")
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    fmt = f"{{:.{digits}g}}" if any(abs(v) < 10 ** -digits for v in values if v) else f"{{:.{digits}f}}"
+    if len(values) < 2:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def completed_runs(root: Path) -> dict[str, list[Path]]:
+    arms: dict[str, list[Path]] = defaultdict(list)
+    for meta in sorted(root.glob("*/v*/meta.json")):
+        if json.loads(meta.read_text()).get("status") == "completed":
+            arms[meta.parent.parent.name].append(meta.parent)
+    return arms
+
+
+def last_train_line(run: Path) -> dict:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [r for r in lines if r.get("split") == "train"]
+    return train[-1] if train else {}
+
+
+def row(arm: str, runs: list[Path]) -> str:
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    metric = summaries[0].get("metric", "accuracy")
+    kept = [s["best_validation" if s.get("selection") == "best" else "final_validation"] for s in summaries]
+    last = [last_train_line(r) for r in runs]
+    cells = [
+        arm, str(len(runs)),
+        mean_std([k.get(metric) for k in kept]),
+        mean_std([s["test"].get(metric) for s in summaries]),
+        mean_std([s["test"].get("loss") for s in summaries]),
+        mean_std([x.get("loss/task") for x in last]),
+    ]
+    cells += [mean_std([x.get(f"reg/{t}") for x in last]) for t in TERMS]
+    cells.append(mean_std([s.get("tokens_per_s") for s in summaries], 0))
+    return "| " + " | ".join(cells) + " |", metric
+
+
+def main(root: Path) -> None:
+    arms = completed_runs(root)
+    names = [a for a in ORDER if a in arms] + sorted(a for a in arms if a not in ORDER)
+    if not names:
+        print(f"no completed runs under {root}")
+        return
+    rows = [row(a, arms[a]) for a in names]
+    metric = rows[0][1]
+    print(f"| arm | seeds | validation {metric} (kept) | test {metric} | test loss | train task loss (last) | "
+          + " | ".join(f"{t} (last)" for t in TERMS) + " | tokens/s |")
+    print("|---|---|---|---|---|---|" + "---|" * len(TERMS) + "---|")
+    for line, _ in rows:
+        print(line)
+    print()
+    print("Mean ± sample std over seeds. The terms are the raw (unweighted) values of the last logged training "
+          "interval; in the lora and pissa arms they are measured at weight 0 (not trained on).")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
