@@ -11,6 +11,7 @@ import torch
 from peftlab.config import build, compose, config_dir
 from peftlab.errors import UserError
 from peftlab.methods.base import adapted_layers, factor_pairs, merge, trainable_parameters
+from peftlab.models import architecture
 from peftlab.regularizers import ba_lora, factors, kl, nuclear
 from peftlab.regularizers.base import RegularizerContext, add_terms, fitting_methods
 from peftlab.tasks.classification import Classification
@@ -153,11 +154,15 @@ def test_nuclear_norm_gradient_and_the_sketch_on_low_rank_changes():
     assert torch.allclose(grad_of(nuclear.nuclear_norm, d), u[:, :r] @ vh[:r], atol=1e-4)  # rank-deficient: U_r V_r^T
 
 
-@pytest.mark.parametrize("name", ["lora", "pissa", "sorsa", "full"])
+@pytest.mark.parametrize("name", ["lora", "pissa", "sorsa", "dora", "miss-bat", "full"])
 def test_weight_changes_are_the_effective_weight_minus_the_pretrained_one(name):
     model = tiny_bert()
     pretrained = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    method = adapt(name, model)
+    if name == "miss-bat":  # Bone's block-affine mode: a change that depends on W itself
+        method = build(compose(["method=miss", "method.mode=bat"]).method)
+        method.prepare(model, target_defaults=architecture("bert").targets, head_modules=architecture("bert").heads)
+    else:
+        method = adapt(name, model)
     assert all(float(d.abs().max()) < 1e-5 for d in method.weight_changes(model).values())  # nothing learnt yet
     with torch.no_grad():
         for p in trainable_parameters(model).values():

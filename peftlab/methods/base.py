@@ -96,6 +96,14 @@ class Adapter(nn.Module):
         ``"factors"`` in ``Method.provides``."""
         return None
 
+    def weight_change(self, weight: Tensor) -> Tensor:
+        """What the adapter adds to the frozen weight ``weight`` (merged minus frozen), differentiable.
+
+        ``delta_weight()`` for an additive adapter; adapters whose change depends on
+        W itself (DoRA's rescaling, Bone's block-affine mode) override it.
+        """
+        return self.delta_weight()
+
     # -- merging ----------------------------------------------------------------
     def merged_weight(self, weight: Tensor) -> Tensor:
         """The single weight that computes what base + adapter compute."""
@@ -370,24 +378,24 @@ class AdapterMethod(Method):
     def __init__(self, target_modules: str | Sequence[str] | None = None, **rest: Any):
         super().__init__(**rest)
         self.target_modules = target_modules
-        self.initial_deltas: dict[str, Tensor] | None = None  # nonzero delta_weight() at init, by layer
+        self.initial_deltas: dict[str, Tensor] | None = None  # nonzero weight_change() at init, by layer
 
     def weight_changes(self, model: nn.Module) -> dict[str, Tensor]:
-        """``delta_weight() - delta_weight()`` at initialisation for every adapted layer, by layer name.
+        """Each adapted layer's ``Adapter.weight_change`` minus its value at initialisation, by layer name.
 
-        The initial deltas are computed once, in the pretrained function, and only
+        The initial changes are computed once, in the pretrained function, and only
         the nonzero ones are kept (a base-rewriting adapter such as PiSSA starts at
-        ``s B0 A0``; LoRA starts at 0). For DoRA this is the change of the direction
-        term ``s B A``; the magnitude vector is not part of it.
+        ``s B0 A0``; LoRA and DoRA start at 0).
         """
         layers = adapted_layers(model)
         if self.initial_deltas is None:
             with self.reference(model):
-                deltas = {n: layer.adapter.delta_weight().detach().clone() for n, layer in layers.items()}
+                deltas = {n: layer.adapter.weight_change(layer.base.weight).detach().clone()
+                          for n, layer in layers.items()}
             self.initial_deltas = {n: d for n, d in deltas.items() if bool(d.ne(0).any())}
         changes = {}
         for name, layer in layers.items():
-            delta = layer.adapter.delta_weight()
+            delta = layer.adapter.weight_change(layer.base.weight)
             start = self.initial_deltas.get(name)
             changes[name] = delta if start is None else delta - start.to(delta.dtype)
         return changes

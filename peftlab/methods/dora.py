@@ -81,6 +81,11 @@ class DoRAAdapter(LoRAAdapter):
         return result + dora.to(result.dtype)
 
     # -- merging: W' = (m/||W+sBA||) (W + sBA), computed in fp32 ------------------
+    def weight_change(self, weight: Tensor) -> Tensor:
+        """``m / ||W + s B A|| * (W + s B A) - W``: the whole change, rescaling included."""
+        direction = weight.float() + self.delta_weight().float()
+        return (self.lora_magnitude.float() / torch.linalg.norm(direction, dim=1))[:, None] * direction - weight.float()
+
     def merged_weight(self, weight: Tensor) -> Tensor:
         direction = weight.float() + self.delta_weight().float()
         norm = torch.linalg.norm(direction, dim=1)

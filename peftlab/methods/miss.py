@@ -112,6 +112,11 @@ class MiSSAdapter(Adapter):
         bias = None if base.bias is None else base.bias.to(weight.dtype)
         return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
+    def weight_change(self, weight: Tensor) -> Tensor:
+        if self.mode == "bat":
+            return self.bat_weight(weight).float() - weight.float()
+        return super().weight_change(weight)
+
     def merged_weight(self, weight: Tensor) -> Tensor:
         if self.mode == "bat":
             return self.bat_weight(weight).to(weight.dtype)

@@ -118,7 +118,7 @@ class RandLoRAAdapter(Adapter):
     def expected_trainable(self) -> int:
         return self.count * (self.basis_rank + self.small)
 
-    def factors(self) -> tuple[Tensor, Tensor]:
+    def projections(self) -> tuple[Tensor, Tensor]:
         """``(first, second)``, n -> rN -> m, with dW = s * second @ first (the scaled bases on the smaller side)."""
         dtype = self.randlora_lambda.dtype
         a = self.bases.A[:, :, : self.small].to(dtype)
@@ -129,11 +129,11 @@ class RandLoRAAdapter(Adapter):
         return b.T, scaled.T
 
     def delta_weight(self) -> Tensor:
-        first, second = self.factors()
+        first, second = self.projections()
         return self.scale * (second @ first)
 
     def delta_forward(self, x: Tensor) -> Tensor:
-        first, second = self.factors()
+        first, second = self.projections()
         return F.linear(F.linear(self.dropout(x), first), second) * self.scale
 
 
