@@ -32,14 +32,15 @@ def estimate(exp: Any) -> dict[str, int]:
         "activations": tokens * hidden * layers * per_layer * width,
         "logits": tokens * int(getattr(config, "vocab_size", 0) or 0) * 4 * 2 if exp.task.head == "causal_lm" else 0,
     }
+    parts.update({f"method {k}": v for k, v in exp.method.memory_bytes(exp.model).items()})
     parts["total"] = sum(parts.values())
     return parts
 
 
 def describe(exp: Any) -> str:
     parts = estimate(exp)
-    shown = " + ".join(f"{name} {parts[name] / MIB:,.0f} MiB" for name in ("weights", "optimizer", "activations", "logits")
-                       if parts[name] or name != "logits")
+    names = ["weights", "optimizer", "activations", "logits"] + [n for n in parts if n.startswith("method ")]
+    shown = " + ".join(f"{name} {parts[name] / MIB:,.0f} MiB" for name in names if parts[name] or name != "logits")
     t = exp.cfg.trainer
     return (f"estimated memory: {shown} = {parts['total'] / MIB:,.0f} MiB (batch {t.batch_size}, length <= "
             f"{exp.loaded.max_length}; optimizer = gradients + two Adam moments of the trainable parameters"

@@ -147,6 +147,7 @@ class Trainer:
             exp.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.net, self.optimizer = self.accelerator.prepare(TaskForward(exp.task, exp.model), self._optimizer())
         self.model = exp.model
+        self.method.attach_optimizer(self.optimizer.optimizer)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         warmup = int(round(float(t.warmup_ratio) * self.max_steps))
         self.lr_factor = lr_lambda(str(t.schedule), warmup, self.max_steps)
@@ -393,6 +394,9 @@ class Trainer:
             "device": str(self.accelerator.device),
             "processes": self.procs.world,
         }
+        extra = self.method.memory_bytes(self.model)
+        if extra:
+            summary["method_memory_mb"] = {k: v / 2**20 for k, v in extra.items()}
         if self.guard.skipped:
             summary["skipped_steps"] = self.guard.skipped
         if self.task.data_report:

@@ -261,6 +261,22 @@ class Method:
                     layer.merge()
 
     # -- training hooks ---------------------------------------------------------
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Receive the (unwrapped) optimizer once the loop has built it, before any step.
+
+        Rules that change what the optimizer does (drop the moments of redrawn
+        or newly frozen parameters, keep extra per-parameter state that must be
+        checkpointed with the optimizer's, read the scheduled learning rate)
+        need it; hooks run between steps, so editing ``optimizer.state`` there
+        is safe. Called again on a rebuilt loop, never in the middle of a step.
+        """
+
+    def memory_bytes(self, model: nn.Module) -> dict[str, int]:
+        """Memory the method keeps beyond the parameters, their gradients and the configured
+        optimizer's moments (e.g. full-size moments per layer), by name; reported by
+        ``--dry-run`` and in the run summary."""
+        return {}
+
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default every trainable parameter, one group."""
         return [{"params": list(trainable_parameters(model).values()), "lr": lr, "weight_decay": weight_decay}]
