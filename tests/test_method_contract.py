@@ -128,7 +128,10 @@ def test_only_trainable_parameters_change(name, kind):
     after = model.state_dict()
     changed = {k for k in state if not torch.equal(state[k], after[k])}
     assert changed <= trainable, f"frozen tensors changed: {sorted(changed - trainable)[:5]}"
-    assert changed == trainable, f"trainable tensors that did not move: {sorted(trainable - changed)[:5]}"
+    if method.holds_parameters_still:  # e.g. half of the parameters frozen per round
+        assert changed, "nothing trained"
+    else:
+        assert changed == trainable, f"trainable tensors that did not move: {sorted(trainable - changed)[:5]}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

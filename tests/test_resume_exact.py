@@ -119,6 +119,7 @@ def test_a_second_ctrl_c_stops_at_once_and_resumes_from_the_last_checkpoint(stra
 STATEFUL = {
     "sara": ["method.progressive_iter=3", "method.nuclear_min_dim=16"],
     "lora_pro": [],  # full-size moments in the optimizer's state
+    "hft": ["method.round_steps=3"],  # rounds start at steps 3 (before the cut at 4) and 6 (after it)
 }
 
 

@@ -206,6 +206,10 @@ class Method:
     :meth:`load_state_dict` carry method state through checkpoints.
     """
 
+    #: True when the method holds some of its trainable parameters still for whole steps
+    #: (e.g. a frozen half per round): a few steps then need not move every trainable tensor.
+    holds_parameters_still: bool = False
+
     def __init__(self, **unused: Any):
         if unused:
             raise UserError(f"unknown method option(s): {', '.join(sorted(unused))}")
