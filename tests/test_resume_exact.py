@@ -120,6 +120,7 @@ STATEFUL = {
     "sara": ["method.progressive_iter=3", "method.nuclear_min_dim=16"],
     "lora_pro": [],  # full-size moments in the optimizer's state
     "hft": ["method.round_steps=3"],  # rounds start at steps 3 (before the cut at 4) and 6 (after it)
+    "sst": ["method.resvd_steps=3", "method.rank=4"],  # re-SVD after steps 3 and 6; the sampling generator
 }
 
 
