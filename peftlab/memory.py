@@ -3,8 +3,9 @@
 Weights in fp32; for every trainable parameter its gradient and two Adam
 moments; activations of the transformer layers (about 34 values per token and
 hidden unit in a layer, halved to the layer inputs with gradient checkpointing);
-and for a causal LM the logits of the output layer, which the loss computes
-only at response positions (bounded here by the whole sequence).
+for a causal LM the logits of the output layer, which the loss computes
+only at response positions (bounded here by the whole sequence); and what the
+method keeps besides (``Method.memory_bytes``, e.g. LoRA-Pro's full-size moments).
 """
 
 from __future__ import annotations

@@ -102,6 +102,8 @@ CASES: dict[str, Case] = {
     "sara theta zero": train(*TINY, "method=sara", "method.theta=0", needles=("method.theta=0", "> 0")),
     "sara theta selects nothing": train(*TINY, "method=sara", "method.theta=1e-12", needles=("method.theta=1e-12",
                                                                                            "selects no weight")),
+    "hft round_steps zero": train(*TINY, "method=hft", "method.round_steps=0", needles=("method.round_steps=0",)),
+    "sst resvd_steps zero": train(*TINY, "method=sst", "method.resvd_steps=0", needles=("method.resvd_steps=0",)),
     "lr zero": train("optimizer.lr=0", needles=("optimizer.lr=0", "> 0")),
     "lr negative": train("optimizer.lr=-0.001", needles=("optimizer.lr=-0.001", "> 0")),
     "batch size zero": train("trainer.batch_size=0", needles=("trainer.batch_size=0", ">= 1")),
