@@ -75,9 +75,12 @@ def test_two_training_steps_follow_full_size_adam_and_sgd_with_the_true_scale():
         np.testing.assert_allclose(adapter.lora_A.detach().double().numpy(), a, rtol=2e-3, atol=2e-4)
         np.testing.assert_allclose(adapter.lora_B.detach().double().numpy(), b, rtol=2e-3, atol=2e-4)
     state = opt.state[adapter.lora_A]
-    assert state["lora_pro_step"] == 2 and state["lora_pro_exp_avg"].shape == (5, 6)
+    assert int(state["step"]) == 2 and state["lora_pro_exp_avg"].shape == (5, 6)
     np.testing.assert_allclose(state["lora_pro_exp_avg"].double().numpy(), mom, rtol=2e-3, atol=1e-5)
     assert "exp_avg" not in state and not opt.state[adapter.lora_B]  # AdamW never stepped the factors
+    reloaded = torch.optim.AdamW(list(adapter.parameters()), lr=0.05)  # as a resumed run reloads it
+    reloaded.load_state_dict(opt.state_dict())
+    assert torch.equal(reloaded.state[adapter.lora_A]["lora_pro_exp_avg_sq"], state["lora_pro_exp_avg_sq"])
 
 
 def test_a_skipped_step_leaves_the_moments_unchanged():

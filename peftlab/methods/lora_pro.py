@@ -24,8 +24,9 @@ adjusted gradients (as DeepSpeed clips after the adjustment in the official
 code). Step 5 runs in ``on_before_optimizer_step``: the factors are moved by SGD
 and their gradients set to None, so the configured optimizer (which still
 updates the classification head) skips them and nothing is updated twice.
-M, V and t live in the optimizer's state of A (``optimizer.state[A]``), so they
-are checkpointed with it; the moments are committed only when the step is
+M, V and t live in the optimizer's state of A (``optimizer.state[A]``, keys
+``lora_pro_exp_avg``, ``lora_pro_exp_avg_sq``, ``step``), so they are
+checkpointed with it and never saved with the adapter; the moments are committed only when the step is
 taken (a step dropped by ``trainer.nonfinite=skip`` leaves them unchanged).
 
 Where we differ from the official code, and why:
@@ -123,7 +124,7 @@ class LoRAPro(LoRA):
             b1, b2 = group.get("betas", (0.9, 0.999))
             eps = group.get("eps", 1e-8)
             state = self.optimizer.state[a_param]
-            t = int(state.get("lora_pro_step", 0))
+            t = int(state.get("step", 0))
             a, b, s = a_param.float(), b_param.float(), float(adapter.scale)
             gh_a, gh_b = low_rank_gradients(a, b, a_param.grad.float(), b_param.grad.float(), s, t == 0)
             full = s * (b @ gh_a) + s * (gh_b @ a)
@@ -146,7 +147,8 @@ class LoRAPro(LoRA):
             m, v = adam_moments(state.get("lora_pro_exp_avg", zeros), state.get("lora_pro_exp_avg_sq", zeros),
                                 full, b1, b2)
             state["lora_pro_exp_avg"], state["lora_pro_exp_avg_sq"] = m, v
-            state["lora_pro_step"] = int(state.get("lora_pro_step", 0)) + 1
+            # "step" as a float tensor, the form torch's Adam(W) expects when it reloads any state.
+            state["step"] = torch.tensor(float(state.get("step", 0)) + 1)
             lr, decay = group["lr"], group.get("weight_decay", 0.0)
             for p in (adapter.lora_A, adapter.lora_B):
                 update = p.grad + decay * p if decay else p.grad
