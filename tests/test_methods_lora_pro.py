@@ -102,3 +102,11 @@ def test_memory_is_two_full_size_moments_per_layer():
     method = LoRAPro(rank=2)
     method.prepare(model, target_defaults=["0", "1"])
     assert method.memory_bytes(model) == {"lora_pro_moments": 2 * (5 * 6 + 4 * 5) * 4}
+
+
+def test_dry_run_reports_the_full_size_moments():
+    from tests.conftest import peftlab
+
+    result = peftlab("train", "model=tiny", "method=lora_pro", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "method lora_pro_moments" in " ".join(result.stdout.split())
