@@ -3,8 +3,9 @@
 Weights in fp32; for every trainable parameter its gradient and two Adam
 moments; activations of the transformer layers (about 34 values per token and
 hidden unit in a layer, halved to the layer inputs with gradient checkpointing);
-and for a causal LM the logits of the output layer, which the loss computes
-only at response positions (bounded here by the whole sequence).
+for a causal LM the logits of the output layer, which the loss computes
+only at response positions (bounded here by the whole sequence); and what the
+method keeps besides (``Method.memory_bytes``, e.g. LoRA-Pro's full-size moments).
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ def estimate(exp: Any) -> dict[str, int]:
         "activations": tokens * hidden * layers * per_layer * width,
         "logits": tokens * int(getattr(config, "vocab_size", 0) or 0) * 4 * 2 if exp.task.head == "causal_lm" else 0,
     }
+    parts.update({f"method {k}": v for k, v in exp.method.memory_bytes(exp.model).items()})
     parts["total"] = sum(parts.values())
     return parts
 
 
 def describe(exp: Any) -> str:
     parts = estimate(exp)
-    shown = " + ".join(f"{name} {parts[name] / MIB:,.0f} MiB" for name in ("weights", "optimizer", "activations", "logits")
-                       if parts[name] or name != "logits")
+    names = ["weights", "optimizer", "activations", "logits"] + [n for n in parts if n.startswith("method ")]
+    shown = " + ".join(f"{name} {parts[name] / MIB:,.0f} MiB" for name in names if parts[name] or name != "logits")
     t = exp.cfg.trainer
     record = getattr(getattr(exp, "calibration", None), "record", None) or {}
     calibration = (f"; the calibration pass before training holds at most {record['memory_bytes'] / MIB:,.1f} MiB "

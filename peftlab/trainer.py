@@ -149,6 +149,7 @@ class Trainer:
         self.net, self.optimizer = self.accelerator.prepare(TaskForward(exp.task, exp.model), self._optimizer())
         self.model = exp.model
         self.method.configure(total_steps=self.max_steps, grad_accum=self.accum)
+        self.method.attach_optimizer(self.optimizer.optimizer)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         warmup = int(round(float(t.warmup_ratio) * self.max_steps))
         self.lr_factor = lr_lambda(str(t.schedule), warmup, self.max_steps)
@@ -397,6 +398,9 @@ class Trainer:
             "device": str(self.accelerator.device),
             "processes": self.procs.world,
         }
+        extra = self.method.memory_bytes(self.model)
+        if extra:
+            summary["method_memory_mb"] = {k: v / 2**20 for k, v in extra.items()}
         if self.guard.skipped:
             summary["skipped_steps"] = self.guard.skipped
         if self.task.data_report:

@@ -251,6 +251,9 @@ class Method:
     """
 
     provides: frozenset[str] = frozenset({"reference_outputs", "weight_change"})
+    #: True when the method holds some of its trainable parameters still for whole steps
+    #: (e.g. a frozen half per round): a few steps then need not move every trainable tensor.
+    holds_parameters_still: bool = False
 
     def __init__(self, **unused: Any):
         if unused:
@@ -336,6 +339,21 @@ class Method:
         the loop calls it for every method, so no method needs a loop change.
         """
         self.total_steps, self.grad_accum = int(total_steps), int(grad_accum)
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Receive the (unwrapped) optimizer once the loop has built it, before any step.
+
+        Rules that change what the optimizer does (drop the moments of redrawn
+        or newly frozen parameters, keep extra per-parameter state that must be
+        checkpointed with the optimizer's, read the scheduled learning rate)
+        need it; hooks run between steps, so editing ``optimizer.state`` there
+        is safe. Called again on a rebuilt loop, never in the middle of a step.
+        """
+
+    def memory_bytes(self, model: nn.Module) -> dict[str, int]:
+        """Memory the method keeps beyond the parameters, their gradients and the configured
+        optimizer's moments (e.g. full-size moments per layer), by name; reported by
+        ``--dry-run`` and in the run summary."""
+        return {}
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default every trainable parameter, one group."""
