@@ -14,6 +14,7 @@ CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.txt"
 METRICS_FILE = "metrics.jsonl"
 ANALYSIS_FILE = "analysis.json"
+RANKS_FILE = "ranks.json"  # {"ranks": {module: rank}}: per-matrix ranks a method chose (Method.final_ranks)
 OWNER_FILE = ".owner"  # flock-ed by the one process that writes the run
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # in adapter/: what rebuilds the trained model

@@ -235,6 +235,9 @@ def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
         from peftlab.analysis.run import analyze_experiment
 
         runs.atomic_write_json(run.analysis_path, analyze_experiment(exp))
+    ranks = exp.method.final_ranks(exp.model)  # of the selected weights: adapter/ holds them now
+    if ranks:
+        runs.atomic_write_json(run.ranks_path, {"ranks": ranks})
     run.write_summary(summary)
     run.set_status("completed")
 

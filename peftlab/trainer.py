@@ -1,6 +1,7 @@
 """The accelerate training loop of one run: steps, evaluation, selection, checkpoints.
 
-Per optimizer step: ``grad_accum`` micro-batches of task loss + method loss
+Before the first step, ``method.on_train_begin`` (with the run's length). Per
+optimizer step: ``grad_accum`` micro-batches of task loss + method loss
 terms + weighted regularizers, backward, ``method.on_after_backward``, gradient
 clipping, ``method.on_before_optimizer_step``, the optimizer step, the LR
 schedule (linear warmup, then cosine, linear or constant),
@@ -159,6 +160,7 @@ class Trainer:
         self.fingerprint: str | None = None  # of the frozen weights, computed at the first checkpoint
         if checkpoint is not None:
             self._resume_from(checkpoint)
+        self.method.on_train_begin(self.model, self.max_steps)
         self.progress = Progress(self.max_steps, self.step, self.metric, quiet=quiet or not self.writes)
 
     def _optimizer(self) -> torch.optim.Optimizer:

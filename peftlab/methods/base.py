@@ -199,11 +199,13 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 class Method:
     """How a model is adapted and trained.
 
-    The training loop calls, in order: :meth:`prepare` once, then per step
+    The training loop calls, in order: :meth:`prepare` once, :meth:`on_train_begin`
+    before the first step, then per step
     :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
     gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
     :meth:`on_after_optimizer_step`. :meth:`state_dict` /
-    :meth:`load_state_dict` carry method state through checkpoints.
+    :meth:`load_state_dict` carry method state through checkpoints;
+    :meth:`final_ranks` is recorded in the run folder when the run completes.
     """
 
     def __init__(self, **unused: Any):
@@ -261,6 +263,13 @@ class Method:
                     layer.merge()
 
     # -- training hooks ---------------------------------------------------------
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        """Once before training (also when resuming), with the run's length in optimizer steps.
+
+        A method whose schedule depends on the run's length (AdaLoRA's budget phases)
+        checks it here, so a schedule that does not fit fails before any step.
+        """
+
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default every trainable parameter, one group."""
         return [{"params": list(trainable_parameters(model).values()), "lr": lr, "weight_decay": weight_decay}]
@@ -279,7 +288,17 @@ class Method:
     def on_after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """After the optimizer step (e.g. rank allocation, re-orthonormalisation)."""
 
+    def final_ranks(self, model: nn.Module) -> dict[str, int]:
+        """The rank each adapted matrix ends with, by module name; empty when ranks are fixed.
+
+        For methods that choose ranks per layer (AdaLoRA's budget allocation, EVA's
+        redistribution): a completed run writes them to ``ranks.json``, which
+        ``peftlab show`` prints and ``peftlab compare --plot`` draws.
+        """
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
+        """Tensors the method keeps (saved as safetensors next to the trained weights)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
