@@ -17,6 +17,8 @@ names: :mod:`peftlab.layout`). Layout::
       generations/    what a generative task's model said, per split and step
       checkpoints/    resumable state (see peftlab.checkpoints)
       analysis.json   spectral diagnostics (peftlab analyze, or analysis=spectral)
+      ranks.json      {"ranks": {module: rank}}: the rank each matrix ended with, for methods
+                      that choose ranks per layer (AdaLoRA, EVA; Method.final_ranks)
       .owner          flock-ed by the one process that writes the run (see peftlab.ownership)
 
 summary.json keys read by ``peftlab runs`` / ``peftlab show`` / ``peftlab compare`` (all optional)::
@@ -62,6 +64,7 @@ from peftlab.layout import (
     METRICS_FILE,
     OVERRIDES_FILE,
     OWNER_FILE,
+    RANKS_FILE,
     SUMMARY_FILE,
     SWEEP_FILE,
 )
@@ -207,6 +210,10 @@ class Run:
         return self.path / ANALYSIS_FILE
 
     @property
+    def ranks_path(self) -> Path:
+        return self.path / RANKS_FILE
+
+    @property
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER_DIR
 
@@ -271,6 +278,15 @@ class Run:
     def analysis(self) -> dict | None:
         """analysis.json (``peftlab analyze``), or None when missing or damaged."""
         return self._read(ANALYSIS_FILE)[0]
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """The rank each adapted matrix ended with, by module name ({} when the method did not choose
+        ranks, or ranks.json is missing or damaged)."""
+        ranks = (self._read(RANKS_FILE)[0] or {}).get("ranks")
+        if not isinstance(ranks, dict):
+            return {}
+        return {str(k): v for k, v in ranks.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     @property
     def status(self) -> str:

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab import checkpoints, runs, stopping
 from peftlab.errors import RunInterrupted, UserError, storage_problem
 from peftlab.experiment import Experiment, build_experiment, save_adapter
-from peftlab.layout import RANKS_FILE
 from peftlab.naming import run_name
 from peftlab.nonfinite import NonFinite
 from peftlab.processes import Processes, start as start_processes
@@ -233,9 +232,9 @@ def _mark(run: runs.Run, status: str, **fields: Any) -> None:
 
 def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
     save_adapter(exp, run.adapter_dir)
-    ranks = exp.method.ranks()
+    ranks = exp.method.final_ranks(exp.model)  # of the selected weights: adapter/ holds them now
     if ranks:  # the full map in ranks.json; summary.json (shown by `peftlab show`) says how they spread
-        runs.atomic_write_json(run.path / RANKS_FILE, ranks)
+        runs.atomic_write_json(run.ranks_path, {"ranks": ranks})
         values = list(ranks.values())
         summary = {**summary, "adapter_ranks": {"min": min(values), "mean": sum(values) / len(values),
                                                 "max": max(values), "without_adapter": values.count(0)}}

@@ -1,6 +1,7 @@
 """The accelerate training loop of one run: steps, evaluation, selection, checkpoints.
 
-Per optimizer step: ``grad_accum`` micro-batches of task loss + method loss
+Before the first step, ``method.on_train_begin`` (with the run's length). Per
+optimizer step: ``grad_accum`` micro-batches of task loss + method loss
 terms + weighted regularizers, backward, ``method.on_after_backward``, gradient
 clipping (fp16 gradients are unscaled here, clipping or not), ``method.on_before_optimizer_step``,
 the optimizer step, the LR
@@ -148,8 +149,6 @@ class Trainer:
             exp.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.net, self.optimizer = self.accelerator.prepare(TaskForward(exp.task, exp.model), self._optimizer())
         self.model = exp.model
-        self.method.configure(total_steps=self.max_steps, grad_accum=self.accum)
-        self.method.attach_optimizer(self.optimizer.optimizer)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         warmup = int(round(float(t.warmup_ratio) * self.max_steps))
         self.lr_factor = lr_lambda(str(t.schedule), warmup, self.max_steps)
@@ -162,6 +161,8 @@ class Trainer:
         self.fingerprint: str | None = None  # of the frozen weights, computed at the first checkpoint
         if checkpoint is not None:
             self._resume_from(checkpoint)
+        self.method.on_train_begin(self.model, optimizer=self.optimizer.optimizer, total_steps=self.max_steps,
+                                   grad_accum=self.accum)
         self.progress = Progress(self.max_steps, self.step, self.metric, quiet=quiet or not self.writes)
 
     def _optimizer(self) -> torch.optim.Optimizer:

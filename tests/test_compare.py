@@ -439,3 +439,33 @@ def test_collecting_a_sweep_imports_no_torch(runs):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rank_figure_draws_the_mean_final_rank_per_layer_and_module_type(runs, tmp_path):
+    from peftlab.compare.rank_figure import rank_panels
+    from peftlab.rank_grid import rank_grid
+
+    rows, _ = _rows(runs)
+    assert "ranks.png" not in {f.name for f in cmp.plot(rows, tmp_path / "none")}  # no run recorded ranks
+    for i, folder in enumerate(sorted((runs / "pissa-minilm-stdlib_docs").glob("v*"))):
+        ranks = {f"bert.encoder.layer.{layer}.attention.self.{kind}": 4 + layer + i
+                 for layer in range(2) for kind in ("query", "value")}
+        (folder / "ranks.json").write_text(json.dumps({"ranks": ranks}))
+    rows, _ = _rows(runs)
+    panels = dict(rank_panels(rows))
+    assert len(panels) == 2  # the two pissa configurations (rank 4 and 8), each over its two seeds
+    means = next(iter(panels.values()))
+    assert means["bert.encoder.layer.1.attention.self.value"] == 5.5  # (5 + 6) / 2
+    layers, kinds, cells = rank_grid(means)
+    assert layers == ["0", "1"] and kinds == ["attention.self.query", "attention.self.value"]
+    assert cells[("attention.self.query", "0")] == 4.5
+    figs = cmp.plot(rows, tmp_path / "figs")
+    assert (tmp_path / "figs" / "ranks.png") in figs
+
+
+def test_rank_grid_reads_layer_and_module_type_from_any_architecture():
+    from peftlab.rank_grid import NO_LAYER, layer_and_kind
+
+    assert layer_and_kind("model.layers.11.self_attn.q_proj") == ("11", "self_attn.q_proj")
+    assert layer_and_kind("bert.encoder.layer.3.output.dense") == ("3", "output.dense")
+    assert layer_and_kind("classifier") == (NO_LAYER, "classifier")

@@ -12,7 +12,8 @@ model rebuilt by ``load_trained`` on 16 real test examples.
 Tolerances: exact exports (native LoRA/DoRA factors, or a weight change whose rank
 fits the exported rank) and merged exports must match to ``ATOL = 1e-4``
 (measured: <= 1e-6 in hidden states, <= 1e-7 in logits), while the adapters move
-the hidden state by 8e-3 (SVFit) to 1.0 (OLoRA) from the pretrained function.
+the hidden state by 1.4e-3 (AdaLoRA, whose Lambda starts at 0 and P, Q at N(0, 0.02))
+to 1.0 (OLoRA) from the pretrained function.
 Truncated exports (a change of higher rank than the default 2r: SALT, relative
 error ~0.3 at rank 16) must report each layer's relative Frobenius error
 ``||dW - B A|| / ||dW||`` as it is (recomputed here to 1e-4), and become exact
@@ -164,7 +165,7 @@ def test_peft_export_loads_on_the_original_base_and_reproduces_the_run(lab, meth
     with exp.method.reference(exp.model):
         pretrained_hidden, _ = _outputs(exp.model, batch)
     # The adapters really changed the encoder (so matching it to ATOL means something).
-    assert float((expected[0] - pretrained_hidden).abs().max()) > 20 * ATOL
+    assert float((expected[0] - pretrained_hidden).abs().max()) > 10 * ATOL
     folder = lab["exports"] / method
     if method not in CLI_EXPORTED:
         write_peft(exp, runs.resolve(method, lab["root"]).path, folder)

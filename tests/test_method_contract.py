@@ -86,7 +86,7 @@ def kind_of(model) -> str:
 def train_steps(model, method, steps: int = 3, lr: float = 1e-2):
     model.train()
     opt = torch.optim.AdamW(list(trainable_parameters(model).values()), lr=lr)
-    method.attach_optimizer(opt)  # as the training loop does
+    method.on_train_begin(model, optimizer=opt)  # as the training loop does
     for step in range(steps):
         out = model(**batch(kind_of(model), seed=10 + step))
         loss = out.loss + sum(method.loss_terms(model).values(), torch.zeros(()))

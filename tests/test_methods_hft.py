@@ -48,7 +48,7 @@ def test_frozen_parameters_do_not_move_and_their_optimizer_state_is_dropped_at_e
     model.train()
     params = dict(model.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=1e-2, weight_decay=0.1)
-    method.attach_optimizer(opt)
+    method.on_train_begin(model, optimizer=opt)
     for step in range(4):
         round_index = step // 2
         frozen = frozen_names(model, method, round_index)

@@ -50,7 +50,7 @@ def test_two_training_steps_follow_full_size_adam_and_sgd_with_the_true_scale():
     adapter = adapted_layers(model)["0"].adapter
     assert adapter.scale == 3.5
     opt = torch.optim.AdamW(list(adapter.parameters()), lr=0.05, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8)
-    method.attach_optimizer(opt)
+    method.on_train_begin(model, optimizer=opt)
     w = model[0].base.weight.detach().double().numpy()
     bias = model[0].base.bias.detach().double().numpy()
     x, y = torch.randn(8, 6), torch.randn(8, 5)
@@ -90,7 +90,7 @@ def test_a_skipped_step_leaves_the_moments_unchanged():
     method.prepare(model, target_defaults=["0"])
     adapter = adapted_layers(model)["0"].adapter
     opt = torch.optim.AdamW(list(adapter.parameters()), lr=0.05)
-    method.attach_optimizer(opt)
+    method.on_train_begin(model, optimizer=opt)
     model(torch.randn(3, 6)).sum().backward()
     method.on_after_backward(model, 0)  # then the loop drops the step (non-finite loss): no optimizer step
     opt.zero_grad()

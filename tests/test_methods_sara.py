@@ -71,7 +71,7 @@ def test_progressive_remask_freezes_grown_entries_and_drops_their_moments():
     model, method, w = adapted(progressive_iter=2)
     adapter = adapted_layers(model)["0"].adapter
     opt = torch.optim.AdamW(list(adapter.parameters()), lr=1e-3, weight_decay=0.5)
-    method.attach_optimizer(opt)
+    method.on_train_begin(model, optimizer=opt)
     x = torch.randn(6, 80)
 
     def step(i: int) -> None:

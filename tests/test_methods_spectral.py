@@ -397,7 +397,7 @@ def test_sorsa_ortho_gradient_is_divided_by_the_accumulation_steps(accum):
     model = tiny()
     method = SORSA(rank=3, gamma=gamma)
     adapt(method, model)
-    method.configure(total_steps=10, grad_accum=accum)
+    method.on_train_begin(model, total_steps=10, grad_accum=accum)
     a = only_layer(model).adapter
     with torch.no_grad():
         a.sorsa_A.add_(0.1 * torch.randn_like(a.sorsa_A))

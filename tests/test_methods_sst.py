@@ -50,7 +50,7 @@ def test_gradients_are_the_enhanced_ones():
 def test_a_step_moves_only_the_sampled_vectors_keeps_them_unit_length_and_sigma_nonnegative():
     model, method, adapter, _ = adapted(rank=2)
     opt = torch.optim.AdamW(list(adapter.parameters()), lr=0.5, weight_decay=0.1)
-    method.attach_optimizer(opt)
+    method.on_train_begin(model, optimizer=opt)
     x = torch.randn(7, 5)
     for step in range(3):
         u0, vh0 = adapter.sst_U.detach().clone(), adapter.sst_Vh.detach().clone()
@@ -72,7 +72,7 @@ def test_a_step_moves_only_the_sampled_vectors_keeps_them_unit_length_and_sigma_
 def two_steps(resvd_steps: int):
     model, method, adapter, _ = adapted(rank=2, resvd_steps=resvd_steps)
     opt = torch.optim.AdamW(list(adapter.parameters()), lr=0.3)
-    method.attach_optimizer(opt)
+    method.on_train_begin(model, optimizer=opt)
     x = torch.randn(7, 5, generator=torch.Generator().manual_seed(4))
     for step in range(2):
         model(x).pow(2).sum().backward()

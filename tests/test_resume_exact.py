@@ -47,9 +47,9 @@ def straight(tmp_path_factory):
     return root / "straight" / "v1"
 
 
-def _start(root: Path, name: str) -> subprocess.Popen:
+def _start(root: Path, name: str, args: list[str] = ARGS) -> subprocess.Popen:
     env = {**os.environ, "PEFTLAB_RUNS_DIR": str(root)}
-    return subprocess.Popen([sys.executable, "-m", "peftlab", "train", *ARGS, f"name={name}"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "peftlab", "train", *args, f"name={name}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -144,3 +144,38 @@ def test_a_stateful_method_resumes_bit_for_bit(method, runs_dir):
     a, b = _adapter(runs_dir / "straight" / "v1"), _adapter(runs_dir / "stopped" / "v1")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), method
     assert _lines(runs_dir / "straight" / "v1") == _lines(runs_dir / "stopped" / "v1")
+#: AdaLoRA: masking every 3 steps from step 5, the final mask at step 28, dropout on.
+ADALORA = ["model=tiny", "method=adalora", "method.dropout=0.1", "method.t_init=4", "method.t_final=12",
+           "method.delta_t=3", "trainer.max_steps=40", "trainer.log_every=1", "trainer.eval_every=0",
+           "trainer.checkpoint_every=10", "trainer.batch_size=16", "seed=5", "-q"]
+
+
+@pytest.mark.slow
+def test_adalora_resume_keeps_its_allocator_state_bit_for_bit(tmp_path):
+    """The importance EMAs and masks travel in the checkpoint: a run stopped in the budget phase
+    resumes to the same adapter, method state, loss lines (orthogonality term included) and ranks."""
+    straight = peftlab("train", *ADALORA, "name=straight", env={"PEFTLAB_RUNS_DIR": str(tmp_path)})
+    assert straight.returncode == 0, straight.stderr
+    whole = tmp_path / "straight" / "v1"
+    step = random.Random(os.getpid()).randint(11, 26)
+    proc = _start(tmp_path, "cut", ADALORA)
+    run = tmp_path / "cut" / "v1"
+    try:
+        _wait_for_step(run, step, proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
+    resumed = peftlab("train", f"resume={run}", "-q", env={"PEFTLAB_RUNS_DIR": str(tmp_path)})
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("adapter.safetensors", "method_state.safetensors"):
+        a, b = load_file(str(whole / "adapter" / name)), load_file(str(run / "adapter" / name))
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), f"{name} differs after a stop at {step}"
+
+    def lines(folder: Path) -> list[dict]:
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+    assert lines(whole) == lines(run)
+    assert json.loads((whole / "ranks.json").read_text()) == json.loads((run / "ranks.json").read_text())

@@ -40,7 +40,7 @@ def analyze_experiment(exp: Any, top_k: int = 10, epsilon: float = 0.5) -> dict[
     """Intruder dimensions, RankMe, norms and subspace overlap of every adapted layer."""
     pairs = weight_pairs(exp.model, exp.method, exp.loaded.target_defaults)
     result = analyze_layers(pairs, top_k=top_k, epsilon=epsilon)
-    for name, rank in exp.method.ranks().items():  # ranks the method chose per layer (EVA), next to RankMe
+    for name, rank in exp.method.final_ranks(exp.model).items():  # ranks the method chose per layer (EVA), next to RankMe
         if name in result["layers"]:
             result["layers"][name]["rank"] = rank
     return result

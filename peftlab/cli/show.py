@@ -186,6 +186,22 @@ def _regularizers(run: store.Run) -> None:
             parts.append(f"weighted {fmt(last[f'{key}/weighted'])}")
         _kv(grid, key, escape(", ".join(parts)))
     console.print(grid)
+def _ranks(run: store.Run) -> None:
+    """The rank each matrix ended with (ranks.json), one row per module type, one column per layer."""
+    ranks = run.ranks
+    if not ranks:
+        return
+    from peftlab.rank_grid import rank_grid
+
+    layers, kinds, cells = rank_grid(ranks)
+    _section(f"final ranks ({sum(ranks.values())} over {len(ranks)} matrices; rows: module type, columns: layer)")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("module", style="cyan", no_wrap=True)
+    for layer in layers:
+        table.add_column(layer, justify="right")
+    for kind in kinds:
+        table.add_row(escape(kind), *(str(cells[(kind, layer)]) if (kind, layer) in cells else "" for layer in layers))
+    console.print(table)
 
 
 def _last_metrics(run: store.Run) -> None:
@@ -274,4 +290,5 @@ def show_command(
     _config_diff(run)
     _summary(run)
     _regularizers(run)
+    _ranks(run)
     _last_metrics(run)

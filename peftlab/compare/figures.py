@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peftlab.compare.grouping import Row, mean_std
+from peftlab.compare.rank_figure import plot_ranks
 from peftlab.runs import Run
 from peftlab.values import as_number, canonical
 from peftlab.errors import UserError
@@ -40,7 +41,9 @@ def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
     * ``val_<metric>.png``: the validation metric over steps, when logged;
     * ``<metric>_vs_rank.png``: test metric against ``method.rank``, one line per method
       (and other swept values), when the rank varies;
-    * ``<metric>_vs_params.png``: test metric against trainable parameters (log x).
+    * ``<metric>_vs_params.png``: test metric against trainable parameters (log x);
+    * ``ranks.png``: the rank each matrix ended with, per layer and module type, for runs
+      whose method chose ranks per layer (see :mod:`peftlab.compare.rank_figure`).
     """
     try:
         from matplotlib.figure import Figure
@@ -124,4 +127,5 @@ def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
         ax.set_xscale("log")
         finish(fig, ax, f"{metric}_vs_params.png", "trainable parameters", f"test {metric}",
                f"test {metric} vs trainable parameters", legend=len(pts) <= 12, grid="both")
+    written += plot_ranks(rows, out)
     return written

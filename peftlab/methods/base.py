@@ -235,8 +235,6 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 class Method:
     """How a model is adapted and trained.
 
-    The training loop calls, in order: :meth:`prepare` once, :meth:`configure` once
-    (the loop's settings), then per step
     :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
     gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
     :meth:`on_after_optimizer_step`. :meth:`state_dict` /
@@ -248,6 +246,13 @@ class Method:
     (``weight_change``); methods whose adapters have factor matrices add
     ``factors``. It is a class attribute so that a regularizer that does not fit
     can name the methods it fits without building any.
+    The training loop calls, in order: :meth:`prepare` once, :meth:`on_train_begin`
+    before the first step, then per step
+    :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
+    gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
+    :meth:`on_after_optimizer_step`. :meth:`state_dict` /
+    :meth:`load_state_dict` carry method state through checkpoints;
+    :meth:`final_ranks` is recorded in the run folder when the run completes.
     """
 
     provides: frozenset[str] = frozenset({"reference_outputs", "weight_change"})
@@ -259,7 +264,7 @@ class Method:
         if unused:
             raise UserError(f"unknown method option(s): {', '.join(sorted(unused))}")
         self.initial: dict[str, Tensor] = {}
-        self.total_steps, self.grad_accum = 0, 1  # until configure() says otherwise
+        self.optimizer, self.total_steps, self.grad_accum = None, 0, 1  # until on_train_begin() says otherwise
 
     # -- set-up -----------------------------------------------------------------
     def calibration_request(self, model: nn.Module, *, target_defaults: Sequence[str]) -> Any:
@@ -331,23 +336,19 @@ class Method:
                 if p.ndim == 2 and n in self.initial}
 
     # -- training hooks ---------------------------------------------------------
-    def configure(self, *, total_steps: int, grad_accum: int) -> None:
-        """Told by the training loop, before the first step, how it will train.
+    def on_train_begin(self, model: nn.Module, *, optimizer: Any = None, total_steps: int = 0,
+                       grad_accum: int = 1) -> None:
+        """Once before the first step (also on a resume, after the checkpoint is loaded): how the loop trains.
 
-        For methods whose rule depends on the loop's settings (e.g. a gradient added
-        once per optimizer step that must be scaled like the accumulated loss);
-        the loop calls it for every method, so no method needs a loop change.
+        ``optimizer`` is the (unwrapped) optimizer, ``total_steps`` the run's length in
+        optimizer steps, ``grad_accum`` the micro-batches per step. Kept as attributes
+        for the rules that need them: a gradient added once per step must be scaled
+        like the accumulated loss (SORSA); redrawn or newly frozen parameters lose
+        their optimizer moments (HFT, SaRA, SST), full-size moments live in the
+        optimizer's state (LoRA-Pro); a schedule must fit the run (AdaLoRA). Hooks run
+        between steps, so editing ``optimizer.state`` there is safe.
         """
-        self.total_steps, self.grad_accum = int(total_steps), int(grad_accum)
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Receive the (unwrapped) optimizer once the loop has built it, before any step.
-
-        Rules that change what the optimizer does (drop the moments of redrawn
-        or newly frozen parameters, keep extra per-parameter state that must be
-        checkpointed with the optimizer's, read the scheduled learning rate)
-        need it; hooks run between steps, so editing ``optimizer.state`` there
-        is safe. Called again on a rebuilt loop, never in the middle of a step.
-        """
+        self.optimizer, self.total_steps, self.grad_accum = optimizer, int(total_steps), int(grad_accum)
 
     def memory_bytes(self, model: nn.Module) -> dict[str, int]:
         """Memory the method keeps beyond the parameters, their gradients and the configured
@@ -373,12 +374,17 @@ class Method:
     def on_after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """After the optimizer step (e.g. rank allocation, re-orthonormalisation)."""
 
-    def state_dict(self) -> dict[str, Any]:
+    def final_ranks(self, model: nn.Module) -> dict[str, int]:
+        """The rank each adapted matrix ends with, by module name; empty when ranks are fixed.
+
+        For methods that choose ranks per layer (AdaLoRA's budget allocation, EVA's
+        redistribution): a completed run writes them to ``ranks.json``, which
+        ``peftlab show`` prints and ``peftlab compare --plot`` draws.
+        """
         return {}
 
-    def ranks(self) -> dict[str, int]:
-        """The rank of every target layer when the method chose them itself (EVA from calibration
-        data), so the run folder can record them; {} when every layer has the configured rank."""
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors the method keeps (saved as safetensors next to the trained weights)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

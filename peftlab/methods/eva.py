@@ -95,7 +95,7 @@ class EVA(LoRA):
         self.layer_ranks = {name: int(r) for name, r in info["ranks"].items()}
         super().adapt(model, target_defaults=target_defaults, calibration=calibration)
 
-    def ranks(self) -> dict[str, int]:
+    def final_ranks(self, model: nn.Module) -> dict[str, int]:
         return dict(self.layer_ranks)
 
     def targets(self, model: nn.Module, target_defaults: Any) -> list[str]:

@@ -69,15 +69,11 @@ class HalfFineTuning(FullFineTuning):
         self.blocks: dict[str, dict[str, list[list[Tensor]]]] = {}
         self.round: int | None = None
         self.frozen: list[Tensor] = []
-        self.optimizer: torch.optim.Optimizer | None = None
 
     def adapt(self, model: nn.Module, *, target_defaults: Sequence[str] = (), calibration: Any = None) -> None:
         super().adapt(model, target_defaults=target_defaults, calibration=calibration)
         self.blocks = block_categories(model)
         self.seed = int(torch.randint(0, 2**62, ()))  # from the run's seed
-
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
 
     def frozen_in_round(self, round_index: int) -> list[Tensor]:
         """The parameters frozen during round ``round_index`` (a pure function of the seed and the round)."""

@@ -96,18 +96,14 @@ class LoRAPro(LoRA):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.optimizer: torch.optim.Optimizer | None = None
         self.pending: dict[LoRAAdapter, Tensor] = {}
-
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
 
     def pairs(self, model: nn.Module) -> list[LoRAAdapter]:
         return [layer.adapter for layer in adapted_layers(model).values() if isinstance(layer.adapter, LoRAAdapter)]
 
     def group_of(self, param: Tensor) -> dict[str, Any]:
         if self.optimizer is None:
-            raise RuntimeError("LoRA-Pro needs the optimizer: the training loop calls attach_optimizer() first")
+            raise RuntimeError("LoRA-Pro needs the optimizer: the training loop passes it to on_train_begin() first")
         return next(g for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
 
     def memory_bytes(self, model: nn.Module) -> dict[str, int]:

@@ -106,7 +106,6 @@ class SaRA(AdapterMethod):
         self.progressive_iter = None if progressive_iter is None else positive_int(progressive_iter,
                                                                                  "method.progressive_iter")
         self.generator = torch.Generator()
-        self.optimizer: torch.optim.Optimizer | None = None
         self.held: dict[SaRAAdapter, Tensor] = {}
 
     def make_adapter(self, layer: nn.Linear, name: str) -> Adapter:
@@ -122,9 +121,6 @@ class SaRA(AdapterMethod):
 
     def adapters(self, model: nn.Module) -> list[SaRAAdapter]:
         return [layer.adapter for layer in adapted_layers(model).values() if isinstance(layer.adapter, SaRAAdapter)]
-
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
 
     def loss_terms(self, model: nn.Module) -> dict[str, Tensor]:
         """``lambda_rank * ||W ⊙ M||_*`` of one random layer with min(m, n) > nuclear_min_dim."""

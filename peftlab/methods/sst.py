@@ -114,7 +114,6 @@ class SST(AdapterMethod):
         self.sampled = positive_int(rank, "method.rank")
         self.resvd_steps = positive_int(resvd_steps, "method.resvd_steps")
         self.generator = torch.Generator()
-        self.optimizer: torch.optim.Optimizer | None = None
         self.drawn: dict[SSTAdapter, Tensor] = {}
         self.held: dict[SSTAdapter, tuple[Tensor, Tensor]] = {}
 
@@ -128,9 +127,6 @@ class SST(AdapterMethod):
 
     def adapters(self, model: nn.Module) -> list[SSTAdapter]:
         return [layer.adapter for layer in adapted_layers(model).values() if isinstance(layer.adapter, SSTAdapter)]
-
-    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
 
     @torch.no_grad()
     def on_after_backward(self, model: nn.Module, step: int) -> None:
