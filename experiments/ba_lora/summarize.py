@@ -11,7 +11,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ORDER = ("lora", "pissa", "ba_lora", "ba_lora_x100")
+ORDER = ("lora-measured", "pissa-measured", "ba_lora", "ba_lora_x100")
 TERMS = ("ba_consistency", "ba_diversity", "ba_svd")
 
 
@@ -71,7 +71,7 @@ def main(root: Path) -> None:
         print(line)
     print()
     print("Mean ± sample std over seeds. The terms are the raw (unweighted) values of the last logged training "
-          "interval; in the lora and pissa arms they are measured at weight 0 (not trained on).")
+          "interval; in the lora-measured and pissa-measured arms they are measured at weight 0 (not trained on).")
 
 
 if __name__ == "__main__":

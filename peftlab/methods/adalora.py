@@ -85,6 +85,10 @@ class AdaLoRAAdapter(Adapter):
         # r0-wide path: (Lambda . Q) x, then P; the m x n update is never built.
         return F.linear(F.linear(self.dropout(x), self.lora_A * self.lora_E), self.lora_B) * self.scale
 
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(P, Q)``: the factor matrices, so factor regularizers (orthonormal, orthogonal) fit AdaLoRA too."""
+        return self.lora_B, self.lora_A
+
     def orthogonality(self) -> tuple[Tensor, Tensor]:
         """``(||Q Q^T - I||_F, ||P^T P - I||_F)`` in fp32, differentiable."""
         q, p = self.lora_A.float(), self.lora_B.float()
@@ -124,6 +128,8 @@ def budget_at(step: int, total: int, t_init: int, t_final: int, initial: int, ta
 
 class AdaLoRA(AdapterMethod):
     """AdaLoRA: P Lambda Q adapters whose triplets are pruned to a budget while training."""
+
+    provides = AdapterMethod.provides | {"factors"}
 
     def __init__(self, rank: int = 12, target_rank: int = 8, alpha: float = 16, dropout: float = 0.0,
                  t_init: int | float = 0.1, t_final: int | float = 0.3, delta_t: int = 10,
