@@ -79,3 +79,23 @@ def plot_mean_curves(arms: dict[str, list[Path]], split: str, key: str, ylabel: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def accuracy_table(arms: dict[str, list[Path]], order: list[str], validation_at: tuple[int, ...],
+                   loss_at: tuple[int, ...]) -> None:
+    """Markdown: per arm, its lr, seeds, kept test and validation accuracy, validation accuracy and
+    training loss at the given steps (mean ± std over seeds)."""
+    print("| arm | lr | seeds | test accuracy (kept) | validation accuracy (kept) | "
+          + " | ".join(f"val acc @{s}" for s in validation_at) + " | "
+          + " | ".join(f"train loss @{s}" for s in loss_at) + " |")
+    print("|---|---|---|---|---|" + "---|" * (len(validation_at) + len(loss_at)))
+    for arm in [a for a in order if a in arms]:
+        runs = arms[arm]
+        sums = [summary(r) for r in runs]
+        losses = [curve(r, "train", "loss/task") for r in runs]
+        accs = [curve(r, "validation", "accuracy") for r in runs]
+        cells = [mean_std([c[s] for c in accs if s in c]) for s in validation_at]
+        cells += [mean_std([c[s] for c in losses if s in c]) for s in loss_at]
+        print(f"| {arm} | {config_value(runs[0], 'optimizer.lr')} | {len(runs)} | "
+              f"{mean_std([s['test']['accuracy'] for s in sums])} | "
+              f"{mean_std([kept_validation(s)['accuracy'] for s in sums])} | " + " | ".join(cells) + " |")
