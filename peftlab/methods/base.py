@@ -235,10 +235,13 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 class Method:
     """How a model is adapted and trained.
 
-    :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
-    gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
-    :meth:`on_after_optimizer_step`. :meth:`state_dict` /
-    :meth:`load_state_dict` carry method state through checkpoints.
+    The training loop calls, in order: :meth:`prepare` once, :meth:`on_train_begin`
+    before the first step, then per step :meth:`loss_terms` (added to the task
+    loss), backward, :meth:`on_after_backward`, gradient clipping,
+    :meth:`on_before_optimizer_step`, the optimizer step,
+    :meth:`on_after_optimizer_step`. :meth:`state_dict` / :meth:`load_state_dict`
+    carry method state through checkpoints; :meth:`final_ranks` is recorded in the
+    run folder when the run completes.
 
     ``provides`` says what regularizers may ask of the method (see
     :mod:`peftlab.regularizers.base`): every method can run the pretrained
@@ -246,13 +249,6 @@ class Method:
     (``weight_change``); methods whose adapters have factor matrices add
     ``factors``. It is a class attribute so that a regularizer that does not fit
     can name the methods it fits without building any.
-    The training loop calls, in order: :meth:`prepare` once, :meth:`on_train_begin`
-    before the first step, then per step
-    :meth:`loss_terms` (added to the task loss), backward, :meth:`on_after_backward`,
-    gradient clipping, :meth:`on_before_optimizer_step`, the optimizer step,
-    :meth:`on_after_optimizer_step`. :meth:`state_dict` /
-    :meth:`load_state_dict` carry method state through checkpoints;
-    :meth:`final_ranks` is recorded in the run folder when the run completes.
     """
 
     provides: frozenset[str] = frozenset({"reference_outputs", "weight_change"})

@@ -4,7 +4,7 @@ Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models";
 Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA".
 
     y = W x + s * B A dropout(x),   B in R^{m x r} = 0,  A in R^{r x n}
-    A ~ kaiming_uniform(a=sqrt(5))  (or N(0, 1/r) with init=gaussian)
+    A ~ kaiming_uniform(a=sqrt(5))  (or normal with std 1/r with init=gaussian)
     s = alpha / r   (LoRA)   or   alpha / sqrt(r)   (rsLoRA)
     merge: W <- W + s B A;          #P = r (m + n)
 

@@ -37,7 +37,8 @@ Where we differ from the official code, and why:
   run and a resumed run draw the same layer;
 * re-masking drops only the moments of the re-masked values, not the head's.
 
-Default learning rate: ``1e-3 exp(-350 theta)`` (the official rule), 5e-4 at theta = 2e-3.
+Default learning rate: 5e-4, the official rule ``1e-3 exp(-350 theta)`` at the default theta = 2e-3;
+it is a fixed number in the YAML, so a run with another ``method.theta`` sets ``optimizer.lr`` itself.
 """
 
 from __future__ import annotations

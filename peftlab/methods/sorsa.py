@@ -28,7 +28,7 @@ Gradient accumulation over G micro-batches: the official trainer adds the
 ortho term once per optimizer step with ``accelerator.backward``, which divides
 every loss by G, so its effective gamma is gamma / G (the paper's gamma = 4e-4
 ran with G = 64). We follow the official rule: the added gradient is that of
-``(gamma / (G * base_lr)) L_o``, G given by the loop through :meth:`Method.configure`.
+``(gamma / (G * base_lr)) L_o``, G given by the loop through :meth:`Method.on_train_begin` (``grad_accum``).
 
 Official defaults: gamma 4e-4, lr 3e-5, r = 128; peftlab's YAML keeps rank 8
 like the other adapters (override with method.rank=128 for the paper setting).
