@@ -326,3 +326,14 @@ def test_continue_refuses_a_sweep_that_is_still_running(runs_dir):
         sw.resume(str(sweep_dir))
     with pytest.raises(UserError, match="not a sweep folder"):
         sw.resume(str(runs_dir / "nope"))
+
+
+def test_members_to_check_takes_each_swept_value_once():
+    from peftlab.sweep.planning import members_to_check
+
+    members = [[f"a={a}", f"b={b}"] for a in (1, 2) for b in ("x", "y", "z")]
+    # the first member, then each other value of a and of b with the other key as in the first member
+    assert members_to_check(members, ["a", "b"]) == [
+        ["a=1", "b=x"], ["a=2", "b=x"], ["a=1", "b=y"], ["a=1", "b=z"],
+    ]
+    assert members_to_check(members[:1], ["a", "b"]) == [["a=1", "b=x"]]
