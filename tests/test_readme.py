@@ -15,16 +15,27 @@ from tests.conftest import peftlab
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def commands() -> list[list[str]]:
-    """Every ``peftlab ...`` line of the README's bash blocks, split as a POSIX shell would."""
+def command_lines() -> list[str]:
+    """Every ``peftlab ...`` line of the README's bash blocks (continued lines joined)."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     found = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the line
             line = line.strip()
             if line.startswith("peftlab"):
-                found.append(shlex.split(line, comments=True))
+                found.append(line)
     return found
+
+
+def commands() -> list[list[str]]:
+    """Every ``peftlab ...`` line of the README's bash blocks, split as a POSIX shell would."""
+    return [shlex.split(line, comments=True) for line in command_lines()]
+
+
+def quoted_args(line: str) -> set[str]:
+    """The arguments of one command line that are written inside quotes (as the shell receives them)."""
+    raw = shlex.split(line, comments=True, posix=False)  # keeps the quotes, one token per argument
+    return {t[1:-1] for t in raw if len(t) > 1 and t[0] == t[-1] and t[0] in "'\""}
 
 
 def test_the_readme_shows_commands():
@@ -32,16 +43,16 @@ def test_the_readme_shows_commands():
 
 
 def test_no_argument_is_a_shell_pattern_or_redirection():
-    for argv in commands():
-        for arg in argv:
+    for line in command_lines():
+        quoted = quoted_args(line)
+        for arg in shlex.split(line, comments=True):
             # unquoted, a shell would glob [..] (zsh refuses it) and take > or < as a redirection
-            assert not re.search(r"(^|=)[^'\"]*\[[^\]]*\]", arg) or arg in _quoted_in_readme(), argv
-            assert ">" not in arg and "<" not in arg or arg in _quoted_in_readme() or _placeholder(arg), argv
+            assert not re.search(r"(^|=)[^'\"]*\[[^\]]*\]", arg) or arg in quoted, line
+            assert ">" not in arg and "<" not in arg or arg in quoted or _placeholder(arg), line
 
 
-def _quoted_in_readme() -> set[str]:
-    text = README.read_text()
-    return set(re.findall(r"'([^']*)'", text)) | set(re.findall(r'"([^"]*)"', text))
+def test_a_quoted_argument_is_told_from_an_unquoted_one():
+    assert quoted_args("peftlab train 'regularizer=[a,b]' x=[c]") == {"regularizer=[a,b]"}
 
 
 def _placeholder(arg: str) -> bool:

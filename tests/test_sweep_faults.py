@@ -302,9 +302,11 @@ def test_workers_stop_with_their_killed_sweep_and_continue_resumes_them_exactly(
                   "the orphaned members to end", log=log)
         started = _run_dirs(runs)
         assert len(started) == 2, f"a member started after its sweep died: {started}"
+        # A worker marks its run interrupted, then exits and so releases the run's lock: wait for the exit
+        # (slow on a loaded machine) before asking who still writes the run.
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), 30, "the orphaned workers to exit", log=log)
         for run in started:
             _assert_stopped_cleanly(run)
-        _wait_for(lambda: not any(_alive(pid) for pid in workers), 30, "the orphaned workers to exit", log=log)
         assert sorted(m["status"] for m in _members(sweep_dir)) == ["interrupted", "interrupted", "pending"]
         assert len(_run_dirs(runs)) == 2
     finally:
