@@ -267,13 +267,9 @@ def numerical_rank(sigma: Tensor, shape: tuple[int, int], weight_norm: float) ->
     return int((sigma > tol).sum())
 
 
-def default_rank(adapter: Adapter, method: Any) -> int | None:
-    """Twice the adapter's rank (or the method's): the rank bound of a PiSSA-like change ``s(BA - B0A0)``."""
-    for owner in (adapter, method):
-        r = getattr(owner, "rank", None)
-        if isinstance(r, int) and not isinstance(r, bool) and r > 0:
-            return 2 * r
-    return None
+def default_rank(adapter: Adapter) -> int | None:
+    """The adapter's bound on the rank of its change (e.g. 2r for PiSSA's ``s(BA - B0A0)``); None: full."""
+    return adapter.change_rank_bound()
 
 
 def factorize(delta: Tensor, weight_norm: float, rank: int | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -405,7 +401,7 @@ def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Ten
         ranks = {}
         for name, layer in layers.items():
             delta, fine_tuned = weight_change(model, method, name, layer)
-            k = rank if rank is not None else default_rank(layer.adapter, method)
+            k = rank if rank is not None else default_rank(layer.adapter)
             b, a, info = factorize(delta, float(torch.linalg.norm(fine_tuned)), k)
             tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
             tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b

@@ -341,3 +341,33 @@ def test_export_refusals(lab, tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert not (taken / "notes.txt").exists() and (taken / "adapter_config.json").is_file()
     assert (source.path / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("name", ["lora", "pissa", "sorsa", "svfit", "adalora", "salt"])
+def test_the_default_export_rank_bounds_the_change_each_adapter_can_make(name):
+    """Trained parameters moved at random: each layer's weight change has at most the adapter's
+    bound in numerical rank, so the default factorised export is exact; SALT's elementwise ReLU on
+    its singular-value matrix can change every direction, so it has no bound (full numerical rank)."""
+    from peftlab.export import default_rank, numerical_rank
+    from peftlab.methods.base import adapted_layers, trainable_parameters
+    from tests.test_method_contract import adapt, tiny_bert
+
+    model = tiny_bert()
+    method = adapt(name, model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in trainable_parameters(model).values():
+            p.add_(0.05 * torch.randn_like(p))
+    changes = method.weight_changes(model)
+    over = 0
+    for lname, layer in adapted_layers(model).items():
+        delta = changes[lname].detach().float()
+        sigma = torch.linalg.svdvals(delta)
+        rank = numerical_rank(sigma, tuple(delta.shape), float(torch.linalg.norm(layer.base.weight)))
+        bound = default_rank(layer.adapter)
+        if bound is None:
+            over = max(over, rank)
+        else:
+            assert rank <= bound, (lname, rank, bound)
+    if name == "salt":
+        assert over > 2 * method.rank  # a 2r cap would have dropped directions of SALT's change

@@ -85,6 +85,9 @@ class AdaLoRAAdapter(Adapter):
         # r0-wide path: (Lambda . Q) x, then P; the m x n update is never built.
         return F.linear(F.linear(self.dropout(x), self.lora_A * self.lora_E), self.lora_B) * self.scale
 
+    def change_rank_bound(self) -> int:
+        return self.rank  # P (Lambda . Q) starts at 0 (Lambda = 0): rank <= r0
+
     def factors(self) -> tuple[Tensor, Tensor]:
         """``(P, Q)``: the factor matrices, so factor regularizers (orthonormal, orthogonal) fit AdaLoRA too."""
         return self.lora_B, self.lora_A

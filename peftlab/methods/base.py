@@ -67,6 +67,14 @@ class Adapter(nn.Module):
         """The trainable-parameter count per layer of the method's formula (#P)."""
         raise NotImplementedError
 
+    def change_rank_bound(self) -> int | None:
+        """An upper bound on the rank of the weight change this adapter can make, None when it can be full.
+
+        Export factorises each layer's change at this rank by default; None keeps the
+        change's whole numerical rank (exact, larger).
+        """
+        return None
+
     # -- function ---------------------------------------------------------------
     def delta_weight(self) -> Tensor:
         """The change to the base weight, m x n: effective weight = base + delta."""

@@ -52,6 +52,10 @@ class LoRAAdapter(Adapter):
     def delta_weight(self) -> Tensor:
         return self.scale * (self.lora_B @ self.lora_A)
 
+    def change_rank_bound(self) -> int:
+        """``s B A`` minus its start: rank <= 2r (r when B starts at 0; 2r for PiSSA-like starts)."""
+        return 2 * self.rank
+
     def factors(self) -> tuple[Tensor, Tensor]:
         return self.lora_B, self.lora_A
 

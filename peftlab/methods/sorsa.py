@@ -68,6 +68,9 @@ class SORSAAdapter(Adapter):
         self.sorsa_A.data.copy_(vh[: self.rank])
         return w - self.scale * ((self.sorsa_B * self.sorsa_S) @ self.sorsa_A)
 
+    def change_rank_bound(self) -> int:
+        return 2 * self.rank  # s B diag(S) A minus its start: rank <= 2r
+
     def expected_trainable(self) -> int:
         return self.rank * (self.in_features + self.out_features) + self.rank
 

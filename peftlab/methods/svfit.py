@@ -68,6 +68,9 @@ class SVFitAdapter(Adapter):
         residual = w - (self.U_r * self.sigma) @ self.V_r.t()
         return residual.to(weight.dtype)
 
+    def change_rank_bound(self) -> int:
+        return self.rank  # only the top-r singular values move: U_r diag(delta sigma) V_r^T
+
     def expected_trainable(self) -> int:
         return self.rank
 
