@@ -12,13 +12,17 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def mean_std(values: list[float], digits: int = 3) -> str:
-    """``mean ± sample std`` (the single value when n = 1, ``-`` when empty)."""
+def mean_std(values: list[float | None], digits: int = 3) -> str:
+    """``mean ± sample std`` of the values given (None skipped; the single value when n = 1, ``-`` when
+    none), in significant digits when a value is too small for ``digits`` decimals."""
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
+    tiny = any(v and abs(v) < 10 ** -digits for v in values)
+    fmt = f"{{:.{digits}g}}" if tiny else f"{{:.{digits}f}}"
     if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
 def completed_runs(root: Path, arms: list[str] | None = None) -> dict[str, list[Path]]:

@@ -6,31 +6,14 @@ Usage: python summarize.py RUNS_DIR   (prints Markdown; run.sh writes it to resu
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from arms import completed_runs, kept_validation, mean_std, summary  # noqa: E402
 
 ORDER = ("lora-measured", "pissa-measured", "ba_lora", "ba_lora_x100")
 TERMS = ("ba_consistency", "ba_diversity", "ba_svd")
-
-
-def mean_std(values: list[float], digits: int = 3) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    fmt = f"{{:.{digits}g}}" if any(abs(v) < 10 ** -digits for v in values if v) else f"{{:.{digits}f}}"
-    if len(values) < 2:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
-
-
-def completed_runs(root: Path) -> dict[str, list[Path]]:
-    arms: dict[str, list[Path]] = defaultdict(list)
-    for meta in sorted(root.glob("*/v*/meta.json")):
-        if json.loads(meta.read_text()).get("status") == "completed":
-            arms[meta.parent.parent.name].append(meta.parent)
-    return arms
 
 
 def last_train_line(run: Path) -> dict:
@@ -40,9 +23,9 @@ def last_train_line(run: Path) -> dict:
 
 
 def row(arm: str, runs: list[Path]) -> str:
-    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    summaries = [summary(r) for r in runs]
     metric = summaries[0].get("metric", "accuracy")
-    kept = [s["best_validation" if s.get("selection") == "best" else "final_validation"] for s in summaries]
+    kept = [kept_validation(s) for s in summaries]
     last = [last_train_line(r) for r in runs]
     cells = [
         arm, str(len(runs)),
@@ -58,7 +41,7 @@ def row(arm: str, runs: list[Path]) -> str:
 
 def main(root: Path) -> None:
     arms = completed_runs(root)
-    names = [a for a in ORDER if a in arms] + sorted(a for a in arms if a not in ORDER)
+    names = [a for a in ORDER if a in arms]  # the RUNS folder may hold other experiments' arms too
     if not names:
         print(f"no completed runs under {root}")
         return

@@ -8,26 +8,12 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from arms import completed_runs, mean_std  # noqa: E402
+
 CHECKPOINTS = (5, 10, 20, 40, 80, 120)  # steps at which the training loss is tabulated
-
-
-def mean_std(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def completed_runs(root: Path) -> dict[str, list[Path]]:
-    arms: dict[str, list[Path]] = defaultdict(list)
-    for meta in sorted(root.glob("*/v*/meta.json")):
-        if json.loads(meta.read_text()).get("status") == "completed":
-            arms[meta.parent.parent.name].append(meta.parent)
-    return arms
 
 
 def train_losses(run: Path) -> dict[int, float]:
