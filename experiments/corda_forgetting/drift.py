@@ -18,7 +18,8 @@ Per set it reports
 The pretrained features come from the run's own ``method.reference()``: the
 pretrained function under every method (PiSSA-like residuals included).
 
-Usage: python drift.py RUNS_DIR OUT.jsonl   (one JSON line per run; measured runs are kept)
+Usage: python drift.py RUNS_DIR OUT.jsonl [ARM ...]   (one JSON line per run of those arms, all by
+default; runs already in OUT.jsonl are not measured again)
 """
 
 from __future__ import annotations
@@ -78,14 +79,14 @@ def measure(run: Path, texts: dict[str, list[str]]) -> dict[str, dict[str, float
     return result
 
 
-def main(root: Path, out: Path) -> None:
+def main(root: Path, out: Path, arms: list[str]) -> None:
     texts = {"preserved": list(load_arith_kinds()["test"]["text"]), "tuned": list(load_stdlib_docs()["test"]["text"])}
     done = set()
     if out.exists():
         done = {json.loads(x)["run"] for x in out.read_text().splitlines() if x.strip()}
     for meta in sorted(root.glob("*/v*/meta.json")):
         run, info = meta.parent, json.loads(meta.read_text())
-        if str(run) in done or info.get("status") != "completed":
+        if str(run) in done or info.get("status") != "completed" or (arms and run.parent.name not in arms):
             continue
         row = {"run": str(run), "arm": run.parent.name, "seed": info.get("seed"), **measure(run, texts)}
         with out.open("a") as f:
@@ -94,4 +95,4 @@ def main(root: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

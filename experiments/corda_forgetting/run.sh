@@ -28,6 +28,6 @@ for seed in ${SEEDS:-0 1 2}; do
   done
 done
 [ "${SUMMARIZE:-1}" = 0 ] && exit 0
-$python "$here/drift.py" "$out" "$here/drift.jsonl"
+$python "$here/drift.py" "$out" "$here/drift.jsonl" lora corda-ipa corda-kpa
 $python "$here/summarize.py" "$here/drift.jsonl" "$out" > "$here/results.md"
 cat "$here/results.md"

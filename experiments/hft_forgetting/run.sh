@@ -25,6 +25,6 @@ for seed in ${SEEDS:-0 1 2}; do
   done
 done
 [ "${SUMMARIZE:-1}" = 0 ] && exit 0
-$python "$here/../corda_forgetting/drift.py" "$out" "$here/drift.jsonl"
+$python "$here/../corda_forgetting/drift.py" "$out" "$here/drift.jsonl" full hft
 $python "$here/../corda_forgetting/summarize.py" "$here/drift.jsonl" "$out" full hft > "$here/results.md"
 cat "$here/results.md"
