@@ -12,7 +12,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from arms import completed_runs, kept_validation, mean_std, summary  # noqa: E402
 
-ORDER = ("lora-measured", "pissa-measured", "ba_lora", "ba_lora_x100")
+# lora-lr2e-3 and pissa (eva_convergence's arms, when RUNS is shared) have the settings of lora-measured and
+# pissa-measured, without the weight-0 measurement of the terms (which takes no gradient).
+ORDER = ("lora-measured", "lora-lr2e-3", "pissa-measured", "pissa", "ba_lora", "ba_lora_x100")
 TERMS = ("ba_consistency", "ba_diversity", "ba_svd")
 
 
