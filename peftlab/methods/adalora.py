@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.errors import UserError
-from peftlab.methods.base import Adapter, AdapterMethod, adapted_layers, check_rank, positive_int, probability
+from peftlab.methods.base import (Adapter, AdapterMethod, adapted_layers, check_rank, factor_gram_distances,
+                                  positive_int, probability)
 
 #: The trainable tensors of a triplet set, in PEFT's names: Q, P, Lambda.
 FACTORS = ("lora_A", "lora_B", "lora_E")
@@ -94,9 +95,7 @@ class AdaLoRAAdapter(Adapter):
 
     def orthogonality(self) -> tuple[Tensor, Tensor]:
         """``(||Q Q^T - I||_F, ||P^T P - I||_F)`` in fp32, differentiable."""
-        q, p = self.lora_A.float(), self.lora_B.float()
-        eye = torch.eye(self.rank, device=q.device)
-        return torch.linalg.matrix_norm(q @ q.T - eye), torch.linalg.matrix_norm(p.T @ p - eye)
+        return factor_gram_distances(self.lora_B, self.lora_A)
 
 
 def phase_length(value: Any, option: str) -> int | float:

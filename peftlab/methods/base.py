@@ -176,6 +176,14 @@ class AdaptedLinear(nn.Module):
         return f"adapter={type(self.adapter).__name__}, merged={self.merged}"
 
 
+def factor_gram_distances(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """``(||A A^T - I||_F, ||B^T B - I||_F)`` of factors B (m x r), A (r x n), in fp32, differentiable:
+    how far A's rows and B's columns are from orthonormal (SORSA's and AdaLoRA's regularizer, not squared)."""
+    a, b = a.float(), b.float()
+    eye = torch.eye(a.shape[0], device=a.device)
+    return torch.linalg.matrix_norm(a @ a.T - eye), torch.linalg.matrix_norm(b.T @ b - eye)
+
+
 def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
     """Every AdaptedLinear of a model, by module name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}

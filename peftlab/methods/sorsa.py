@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.errors import UserError
-from peftlab.methods.base import Adapter, AdapterMethod, adapted_layers, check_rank, positive_int, probability
+from peftlab.methods.base import (Adapter, AdapterMethod, adapted_layers, check_rank, factor_gram_distances,
+                                  positive_int, probability)
 
 
 class SORSAAdapter(Adapter):
@@ -86,9 +87,7 @@ class SORSAAdapter(Adapter):
 
     def orthonormality(self) -> tuple[Tensor, Tensor]:
         """``(||A A^T - I||_F, ||B^T B - I||_F)`` in fp32, differentiable."""
-        a, b = self.sorsa_A.float(), self.sorsa_B.float()
-        eye = torch.eye(self.rank, device=a.device)
-        return torch.linalg.matrix_norm(a @ a.T - eye), torch.linalg.matrix_norm(b.T @ b - eye)
+        return factor_gram_distances(self.sorsa_B, self.sorsa_A)
 
 
 class SORSA(AdapterMethod):

@@ -24,19 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.errors import UserError
-from peftlab.methods.base import factor_pairs
+from peftlab.methods.base import factor_gram_distances, factor_pairs
 from peftlab.regularizers.base import Regularizer, RegularizerContext
 
 
-def gram_distance(m: Tensor, rows: bool) -> Tensor:
-    """``||M M^T - I||_F`` (rows) or ``||M^T M - I||_F`` (columns), in fp32."""
-    m = m.float()
-    gram = m @ m.T if rows else m.T @ m
-    return torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], device=m.device))
-
-
 def orthonormality(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-    norms = [n for b, a in pairs for n in (gram_distance(a, rows=True), gram_distance(b, rows=False))]
+    norms = [n for b, a in pairs for n in factor_gram_distances(b, a)]
     return torch.stack(norms).mean()
 
 
