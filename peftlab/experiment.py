@@ -81,9 +81,12 @@ def build_experiment(cfg: DictConfig, *, with_data: bool = True, labels: list[st
     ``labels`` (the class names a trained run recorded) spare reading the dataset
     when ``with_data`` is false.
     """
+    method: Method = build(cfg.method)
+    if str(cfg.trainer.precision) == "fp16" and not method.supports_fp16:
+        raise UserError(f"the method {type(method).__name__} does not support trainer.precision=fp16: "
+                        "use trainer.precision=bf16 or fp32")
     task = build_task(cfg)
     task.check_metric(str(cfg.trainer.metric))
-    method: Method = build(cfg.method)
     regularizers = [build(node, name=name) for name, node in regularizer_nodes(cfg).items()]
     for reg in regularizers:
         reg.check(method)  # a regularizer the method cannot serve fails before any data or model is loaded

@@ -334,13 +334,9 @@ class Trainer:
     def _update(self, terms: dict[str, torch.Tensor]) -> None:
         """The optimizer step after the last micro-batch (or its skip, under trainer.nonfinite=skip)."""
         model, method, step = self.model, self.method, self.step
-        method.on_after_backward(model, step)
-        grad_norm = None
-        if self.clip > 0:  # unscales fp16 gradients first
-            grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.clip).detach()
+        grad_norm = self._hooked_clip(step)
+        if grad_norm is not None:
             terms["grad_norm"] = grad_norm
-        else:  # gradients a method adds below must meet unscaled ones, clipping or not
-            self.accelerator.unscale_gradients()
         self.guard.observe(step + 1, terms["loss"])
         if not self.guard.skip_update(step + 1, terms["loss"], grad_norm):
             for name, value in method.on_before_optimizer_step(model, step, self.base_lr).items():
@@ -349,6 +345,26 @@ class Trainer:
             method.on_after_optimizer_step(model, step, self.max_steps)
         self.scheduler.step()  # the schedule follows the step count, skipped steps included
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _hooked_clip(self, step: int) -> torch.Tensor | None:
+        """``on_after_backward``, then clipping; the gradient norm, or None with clipping off.
+
+        Gradients are unscaled whatever the clipping setting: what a method adds in its
+        hooks must meet unscaled gradients. A method that replaces the gradients and is
+        clipped by the raw norm (``clips_by_raw_gradient_norm``) has the norm measured
+        before its hook and the scale applied after it."""
+        if self.clip > 0 and self.method.clips_by_raw_gradient_norm:
+            self.accelerator.unscale_gradients()
+            grads = [p.grad for p in self.trainable if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+            self.method.on_after_backward(self.model, step)
+            torch.nn.utils.clip_grads_with_norm_(self.trainable, self.clip, grad_norm)
+            return grad_norm.detach()
+        self.method.on_after_backward(self.model, step)
+        if self.clip > 0:  # unscales fp16 gradients first
+            return self.accelerator.clip_grad_norm_(self.trainable, self.clip).detach()
+        self.accelerator.unscale_gradients()
+        return None
 
     def _after_step(self, terms: dict[str, torch.Tensor]) -> None:
         step = self.step

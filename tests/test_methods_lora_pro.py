@@ -110,3 +110,43 @@ def test_dry_run_reports_the_full_size_moments():
     result = peftlab("train", "model=tiny", "method=lora_pro", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "method lora_pro_moments" in " ".join(result.stdout.split())
+
+
+def _one_step(runs_dir, name: str, clip: str) -> tuple[dict, float]:
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import peftlab
+
+    result = peftlab("train", "model=tiny", "method=lora_pro", "trainer.max_steps=1", "trainer.log_every=1",
+                     "trainer.warmup_ratio=0", "trainer.schedule=constant", f"trainer.max_grad_norm={clip}",
+                     "optimizer.lr=1e-3", f"name={name}", "-q")
+    assert result.returncode == 0, result.stderr
+    folder = next((runs_dir / name).glob("v*"))
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    norm = next(line["grad_norm"] for line in lines if line.get("split") == "train" and "grad_norm" in line)
+    return load_file(str(folder / "adapter" / "adapter.safetensors")), norm
+
+
+def test_clipping_scales_the_adjusted_gradients_by_the_raw_gradient_norm(runs_dir):
+    """As the official DeepSpeed step: norm of backward's gradients, then the adjustment, then the scale."""
+    clipped, raw_norm = _one_step(runs_dir, "clipped", "1e-4")
+    free, same_norm = _one_step(runs_dir, "free", "1e9")
+    assert raw_norm == pytest.approx(same_norm, rel=1e-6) and raw_norm > 1e-4
+    factors = [k for k in free if "lora_B" in k]
+    assert factors
+    for key in factors:  # B starts at zero, so after one step it is -lr * c * D_B
+        assert free[key].abs().max() > 0
+        torch.testing.assert_close(clipped[key], free[key] * (1e-4 / (raw_norm + 1e-6)), rtol=1e-4, atol=1e-12)
+
+
+def test_fp16_is_refused_before_anything_loads(monkeypatch):
+    import peftlab.experiment as experiment
+    from peftlab.config import compose
+    from peftlab.errors import UserError
+
+    monkeypatch.setattr(experiment, "build_task", lambda cfg: pytest.fail("the task was built before the refusal"))
+    cfg = compose(["model=tiny", "method=lora_pro", "trainer.precision=fp16"])
+    with pytest.raises(UserError, match="LoRAPro does not support trainer.precision=fp16"):
+        experiment.build_experiment(cfg)

@@ -271,6 +271,14 @@ class Method:
     #: True when the method holds some of its trainable parameters still for whole steps
     #: (e.g. a frozen half per round): a few steps then need not move every trainable tensor.
     holds_parameters_still: bool = False
+    #: True when :meth:`on_after_backward` replaces the gradients and clipping must still be
+    #: decided by the norm of the gradients backward produced (LoRA-Pro: its adjusted gradients
+    #: are many times larger than the raw ones, and clipping them by their own norm would stall
+    #: training). The loop then measures the norm before the hook and scales after it.
+    clips_by_raw_gradient_norm: bool = False
+    #: False for methods whose gradient arithmetic cannot run on loss-scaled fp16 gradients;
+    #: ``trainer.precision=fp16`` is then refused before anything is loaded.
+    supports_fp16: bool = True
 
     def __init__(self, **unused: Any):
         if unused:

@@ -19,9 +19,13 @@ with ``g_A = s B^T G`` and ``g_B = s G A^T`` the autograd gradients (G the full 
     5. plain SGD:  A -= lr D_A,  B -= lr D_B   (lr the scheduled rate of their group)
 
 How the loop runs it: steps 1-4 run in ``on_after_backward`` and replace the
-factor gradients by D_A, D_B, so the loop's gradient clipping acts on the
-adjusted gradients (as DeepSpeed clips after the adjustment in the official
-code). Step 5 runs in ``on_before_optimizer_step``: the factors are moved by SGD
+factor gradients by D_A, D_B. Clipping then scales the adjusted gradients by
+``min(1, max_grad_norm / ||raw gradients||)``, the norm measured before the
+adjustment (``clips_by_raw_gradient_norm``), as the official code's DeepSpeed step
+does: it computes the global norm first, adjusts, then unscales and clips with
+that norm. The adjusted gradients are orders of magnitude larger than the raw
+ones (they carry an Adam-normalised full-size step), so clipping them by their
+own norm would shrink every update to nothing. Step 5 runs in ``on_before_optimizer_step``: the factors are moved by SGD
 and their gradients set to None, so the configured optimizer (which still
 updates the classification head) skips them and nothing is updated twice.
 M, V and t live in the optimizer's state of A (``optimizer.state[A]``, keys
@@ -40,7 +44,8 @@ Where we differ from the official code, and why:
 
 Memory: two m x n moments per adapted layer (``memory_bytes``), plus one m x n
 gradient per layer while a step is in flight. Merge, export and #P are LoRA's.
-fp16 mixed precision is not supported (the adjustment would see scaled gradients).
+fp16 mixed precision is refused (``supports_fp16``): the adjustment and the fp32 moments would
+meet loss-scaled gradients.
 """
 
 from __future__ import annotations
@@ -93,6 +98,9 @@ def adam_moments(m: Tensor, v: Tensor, g: Tensor, b1: float, b2: float) -> tuple
 
 class LoRAPro(LoRA):
     """LoRA with the LoRA-Pro gradient adjustment, full-size Adam on the equivalent gradient and SGD."""
+
+    clips_by_raw_gradient_norm = True
+    supports_fp16 = False
 
     def __init__(self, **options: Any):
         super().__init__(**options)
