@@ -361,7 +361,7 @@ def test_table_fits_the_width_and_keeps_every_metric_whole(runs, width):
         assert "0.8900 ± 0.0141" in text and "0.8800 ± 0.0141" in text
     assert "★ best" in text and "≈ best" in text
     if width < 120:
-        assert "Left out at this width: peak MB" in text
+        assert "Left out at this width: peak MB" in " ".join(text.split())  # the caption wraps anywhere
 
 
 def test_long_configuration_label_wraps_instead_of_the_metric(tmp_path):
@@ -469,3 +469,69 @@ def test_rank_grid_reads_layer_and_module_type_from_any_architecture():
     assert layer_and_kind("model.layers.11.self_attn.q_proj") == ("11", "self_attn.q_proj")
     assert layer_and_kind("bert.encoder.layer.3.output.dense") == ("3", "output.dense")
     assert layer_and_kind("classifier") == (NO_LAYER, "classifier")
+
+
+# ------------------------------------------------------- learning rates, ties, one-point series ---
+def _set_lr(run: Path, lr: float) -> None:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["optimizer"]["lr"] = lr
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_each_configuration_shows_the_learning_rate_it_trained_at(tmp_path):
+    root = tmp_path / "runs"
+    _set_lr(fabricate_run(root, "lora", 8, 0, 0.80, version=1), 2e-3)
+    _set_lr(fabricate_run(root, "pissa", 8, 0, 0.82, version=1), 5e-4)
+    _set_lr(fabricate_run(root, "pissa", 8, 1, 0.83, version=2), 1e-4)  # one configuration, two rates
+    rows, _ = _rows(root)
+    text = cmp.to_markdown(rows)
+    header = text.splitlines()[0]
+    assert "| lr |" in header
+    by_label = {r.label: r for r in rows}
+    assert by_label["method=lora"].learning_rates == [2e-3]
+    assert by_label["method=pissa"].learning_rates == [1e-4, 5e-4]
+    assert "2e-03" in text and "1e-04..5e-04" in text
+    assert json.loads(cmp.to_json(rows))["rows"][0]["learning_rates"]
+
+
+def test_a_swept_learning_rate_is_not_shown_twice(tmp_path):
+    root = tmp_path / "runs"
+    for v, lr in enumerate((1e-4, 1e-3)):
+        run = fabricate_run(root, "lora", 8, 0, 0.8 + v / 100, version=v)
+        _set_lr(run, lr)
+        (run / "overrides.txt").write_text(f"method=lora\noptimizer.lr={lr}\nseed=0\n")
+    rows, _ = _rows(root)
+    assert "optimizer.lr" in rows[0].params
+    assert "| lr |" not in cmp.to_markdown(rows).splitlines()[0]
+
+
+def test_when_every_configuration_ties_none_is_marked_best(tmp_path):
+    root = tmp_path / "runs"
+    fabricate_run(root, "lora", 8, 0, 0.80, version=1)
+    fabricate_run(root, "pissa", 8, 0, 0.80, version=1)
+    rows, _ = _rows(root)
+    assert not any(r.best or r.within_noise for r in rows)
+    notes = cmp.row_notes(rows)
+    assert any(n.startswith("every configuration ties on validation accuracy (0.81)") for n in notes)
+    assert "★" not in cmp.to_markdown(rows)
+    fabricate_run(root, "dora", 8, 0, 0.81, version=1)  # one differs: a best again, no tie note
+    rows, _ = _rows(root)
+    assert sum(r.best for r in rows) == 1 and not any("ties" in n for n in cmp.row_notes(rows))
+
+
+def test_a_series_with_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    root = tmp_path / "runs"
+    run = fabricate_run(root, "lora", 8, 0, 0.80, version=1)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    kept = [x for x in lines if x["split"] == "train"] + [next(x for x in lines if x["split"] == "validation")]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in kept) + "\n")
+    saved = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.__setitem__(Path(path).name, fig))
+    rows, _ = _rows(root)
+    cmp.plot(rows, tmp_path / "figs")
+    (val_line,) = saved["val_accuracy.png"].axes[0].get_lines()[:1]
+    assert len(val_line.get_xdata()) == 1 and val_line.get_marker() == "o"
+    (loss_line,) = saved["loss_curves.png"].axes[0].get_lines()
+    assert len(loss_line.get_xdata()) == 5 and loss_line.get_marker() in (None, "None", "")

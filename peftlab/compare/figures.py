@@ -44,9 +44,11 @@ def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
     * ``<metric>_vs_params.png``: test metric against trainable parameters (log x);
     * ``ranks.png``: the rank each matrix ended with, per layer and module type, for runs
       whose method chose ranks per layer (see :mod:`peftlab.compare.rank_figure`).
+
+    A series with a single point (one logged step, one evaluation) is drawn as a marker.
     """
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # noqa: F401 - imported here to fail early and clearly
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise UserError("plots need matplotlib: pip install 'peftlab[plots]'") from exc
 
@@ -56,76 +58,89 @@ def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
     if not rows:
         return []
     metric = rows[0].metric
-    written: list[Path] = []
+    written = [
+        _curves(rows, out, "loss", "train", "training loss", "loss_curves.png", "training loss (mean ± std over seeds)"),
+        _curves(rows, out, metric, "validation", f"validation {metric}", f"val_{metric}.png",
+                f"validation {metric} (mean ± std over seeds)"),
+        _versus_rank(rows, out, metric),
+        _versus_params(rows, out, metric),
+    ]
+    return [p for p in written if p is not None] + plot_ranks(rows, out)
 
-    def axes(size: tuple[float, float]):
-        fig = Figure(figsize=size)
-        return fig, fig.add_subplot()
 
-    def finish(fig, ax, name: str, xlabel: str, ylabel: str, title: str,
-               legend: bool = True, grid: str = "major") -> None:
-        """Label, grid, legend, and save ``fig`` as ``out/name``."""
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3, which=grid)
-        if legend:
-            ax.legend(fontsize="small")
-        path = out / name
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        written.append(path)
+def _axes(size: tuple[float, float] = (6.5, 4.2)):
+    from matplotlib.figure import Figure
 
-    def curves(key: str, split: str, ylabel: str, name: str, title: str) -> None:
-        fig, ax = axes((7, 4.2))
-        drew = False
-        for r in rows:
-            steps, mean, std = _train_curve(r.records, key, split)
-            if not steps:
-                continue
-            drew = True
-            (ln,) = ax.plot(steps, mean, label=f"{r.label} (n={len(r.records)})", lw=1.5)
+    fig = Figure(figsize=size)
+    return fig, fig.add_subplot()
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: bool = True, grid: str = "major") -> Path:
+    """Label, grid, legend, and save ``fig`` as ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which=grid)
+    if legend:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _curves(rows: Sequence[Row], out: Path, key: str, split: str, ylabel: str, name: str, title: str) -> Path | None:
+    """Mean ± std over seeds of ``key`` on ``split`` lines by step, one line per configuration."""
+    fig, ax = _axes((7, 4.2))
+    drew = False
+    for r in rows:
+        steps, mean, std = _train_curve(r.records, key, split)
+        if not steps:
+            continue
+        drew = True
+        single = len(steps) == 1  # a line through one point is invisible
+        (ln,) = ax.plot(steps, mean, label=f"{r.label} (n={len(r.records)})", lw=1.5, marker="o" if single else None)
+        if single:
+            ax.errorbar(steps, mean, yerr=std, color=ln.get_color(), capsize=3, lw=1)
+        else:
             lo = [m - s for m, s in zip(mean, std)]
             hi = [m + s for m, s in zip(mean, std)]
             ax.fill_between(steps, lo, hi, color=ln.get_color(), alpha=0.2, lw=0)
-        if drew:
-            finish(fig, ax, name, "step", ylabel, title)
+    return _save(fig, ax, out / name, "step", ylabel, title) if drew else None
 
-    curves("loss", "train", "training loss", "loss_curves.png", "training loss (mean ± std over seeds)")
-    curves(metric, "validation", f"validation {metric}", f"val_{metric}.png", f"validation {metric} (mean ± std over seeds)")
 
-    # metric vs rank, one line per method (+ the other swept values)
+def _versus_rank(rows: Sequence[Row], out: Path, metric: str) -> Path | None:
+    """Test metric against ``method.rank``, one line per method (+ the other swept values)."""
     ranks = [as_number(r.records[0].value("method.rank")) for r in rows]
-    if len({x for x in ranks if x is not None}) > 1:
-        lines: dict[str, list[tuple[float, Row]]] = {}
-        for r, x in zip(rows, ranks):
-            if x is None or r.test_mean is None:
-                continue
-            others = [f"{k}={v}" for k, v in r.params.items() if k not in ("method", "method.rank")]
-            method = r.params.get("method") or canonical(r.records[0].value("method"))
-            name = " ".join([str(method)] + others)
-            lines.setdefault(name, []).append((x, r))
-        fig, ax = axes((6.5, 4.2))
-        for name, pts in sorted(lines.items()):
-            pts.sort(key=lambda t: t[0])
-            ax.errorbar(
-                [p[0] for p in pts], [p[1].test_mean for p in pts],
-                yerr=[p[1].test_std or 0.0 for p in pts], marker="o", capsize=3, label=name,
-            )
-        ax.set_xscale("log", base=2)
-        ticks = sorted({p[0] for pts in lines.values() for p in pts})
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        finish(fig, ax, f"{metric}_vs_rank.png", "method.rank", f"test {metric}",
-               f"test {metric} vs rank (mean ± std over seeds)")
+    if len({x for x in ranks if x is not None}) <= 1:
+        return None
+    lines: dict[str, list[tuple[float, Row]]] = {}
+    for r, x in zip(rows, ranks):
+        if x is None or r.test_mean is None:
+            continue
+        others = [f"{k}={v}" for k, v in r.params.items() if k not in ("method", "method.rank")]
+        method = r.params.get("method") or canonical(r.records[0].value("method"))
+        lines.setdefault(" ".join([str(method)] + others), []).append((x, r))
+    fig, ax = _axes()
+    for name, pts in sorted(lines.items()):
+        pts.sort(key=lambda t: t[0])
+        ax.errorbar([p[0] for p in pts], [p[1].test_mean for p in pts],
+                    yerr=[p[1].test_std or 0.0 for p in pts], marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p[0] for pts in lines.values() for p in pts})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    return _save(fig, ax, out / f"{metric}_vs_rank.png", "method.rank", f"test {metric}",
+                 f"test {metric} vs rank (mean ± std over seeds)")
 
+
+def _versus_params(rows: Sequence[Row], out: Path, metric: str) -> Path | None:
+    """Test metric against trainable parameters (log x), one marker per configuration."""
     pts = [r for r in rows if r.trainable_params and r.test_mean is not None]
-    if pts:
-        fig, ax = axes((6.5, 4.2))
-        for r in pts:
-            ax.errorbar([r.trainable_params], [r.test_mean], yerr=[r.test_std or 0.0], marker="o", capsize=3,
-                        label=r.label)
-        ax.set_xscale("log")
-        finish(fig, ax, f"{metric}_vs_params.png", "trainable parameters", f"test {metric}",
-               f"test {metric} vs trainable parameters", legend=len(pts) <= 12, grid="both")
-    written += plot_ranks(rows, out)
-    return written
+    if not pts:
+        return None
+    fig, ax = _axes()
+    for r in pts:
+        ax.errorbar([r.trainable_params], [r.test_mean], yerr=[r.test_std or 0.0], marker="o", capsize=3,
+                    label=r.label)
+    ax.set_xscale("log")
+    return _save(fig, ax, out / f"{metric}_vs_params.png", "trainable parameters", f"test {metric}",
+                 f"test {metric} vs trainable parameters", legend=len(pts) <= 12, grid="both")

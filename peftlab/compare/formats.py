@@ -95,6 +95,7 @@ def columns(rows: Sequence[Row]) -> list[Column]:
         _metric_column(f"val {metric}", lambda r: (r.val_mean, r.val_std)),
         _metric_column(f"test {metric}", lambda r: (r.test_mean, r.test_std)),
         Column("n", lambda r: str(r.n), "count"),
+        *_lr_column(rows),
         Column("trainable", lambda r: fmt_count(r.trainable_params), "secondary"),
         Column("wall time", lambda r: fmt_time(r.wall_time_s), "secondary"),
         Column("tokens/s", lambda r: fmt_count(r.tokens_per_s), "secondary"),
@@ -106,6 +107,20 @@ def columns(rows: Sequence[Row]) -> list[Column]:
         cols.append(Column("intruders", lambda r: "-" if r.intruders is None else f"{r.intruders:.3g}", "secondary"))
     cols.append(Column("", lambda r: r.mark, "mark"))
     return cols
+
+
+def fmt_learning_rates(values: Sequence[float]) -> str:
+    """``2e-03``, or ``1e-04..2e-03`` when a configuration's runs trained at different rates."""
+    if not values:
+        return "-"
+    return f"{values[0]:.0e}" if len(values) == 1 else f"{values[0]:.0e}..{values[-1]:.0e}"
+
+
+def _lr_column(rows: Sequence[Row]) -> list[Column]:
+    """The learning rate of each row, unless it is a swept parameter (then the label shows it)."""
+    if not any(r.learning_rates for r in rows) or "optimizer.lr" in rows[0].params:
+        return []
+    return [Column("lr", lambda r: fmt_learning_rates(r.learning_rates), "secondary")]
 
 
 def regularizer_names(rows: Sequence[Row]) -> list[str]:
@@ -158,6 +173,7 @@ def _row_dict(r: Row) -> dict:
         "test_mean": r.test_mean,
         "test_std": r.test_std,
         "n": r.n,
+        "learning_rates": r.learning_rates,
         "trainable_params": None if r.trainable_params is None else round(r.trainable_params),
         "total_params": None if r.total_params is None else round(r.total_params),
         "wall_time_s": r.wall_time_s,
@@ -181,7 +197,7 @@ def to_csv(rows: Sequence[Row]) -> str:
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for d in dicts:
-        w.writerow({k: ("" if v is None else v) for k, v in d.items()})
+        w.writerow({k: ("" if v is None else ";".join(map(str, v)) if isinstance(v, list) else v) for k, v in d.items()})
     return buf.getvalue()
 
 

@@ -90,6 +90,7 @@ class Row:
     peak_memory_mb: float | None = None
     intruders: float | None = None
     regularizers: dict[str, float | None] = dataclasses.field(default_factory=dict)  # reg/<name>: mean raw value
+    learning_rates: list[float] = dataclasses.field(default_factory=list)  # the distinct optimizer.lr of its runs
     best: bool = False
     within_noise: bool = False
 
@@ -221,6 +222,11 @@ def _regularizers(recs: Sequence[Run]) -> dict[str, float | None]:
     return {k: _mean(terms.get(k) for terms in per_run) for k in names}
 
 
+def _learning_rates(recs: Sequence[Run]) -> list[float]:
+    """The distinct learning rates the runs trained at (the resolved ``optimizer.lr``: methods differ in default)."""
+    return sorted({v for v in (as_number(r.value("optimizer.lr")) for r in recs) if v is not None})
+
+
 def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
     """The statistics of one configuration over its seeds (marks are set later, by :func:`mark_best`)."""
     kd = dict(key)
@@ -244,6 +250,7 @@ def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
         peak_memory_mb=_mean(r.summary.get("peak_memory_mb") for r in recs),
         intruders=_mean(_intruders(r) for r in recs),
         regularizers=_regularizers(recs),
+        learning_rates=_learning_rates(recs),
     )
 
 
@@ -276,6 +283,8 @@ def mark_best(rows: Sequence[Row]) -> None:
         r.best = r.within_noise = False
     if not ranked:
         return
+    if all_tie(rows):
+        return  # nothing is best when nothing differs (the notes say so)
     pick = max if ranked[0].higher_is_better else min
     best = pick(ranked, key=lambda r: r.val_mean)
     best.best = True
@@ -283,3 +292,9 @@ def mark_best(rows: Sequence[Row]) -> None:
         if r is not best:
             gap = abs(best.val_mean - r.val_mean)
             r.within_noise = gap <= (best.val_std or 0.0) + (r.val_std or 0.0)
+
+
+def all_tie(rows: Sequence[Row]) -> bool:
+    """True when two or more configurations are ranked and all have the same mean validation metric."""
+    ranked = [r.val_mean for r in rows if r.val_mean is not None]
+    return len(ranked) > 1 and max(ranked) - min(ranked) <= 1e-12 * max(1.0, abs(ranked[0]))

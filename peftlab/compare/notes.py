@@ -4,6 +4,7 @@
   be ranked, or keep different checkpoints (:mod:`~peftlab.compare.selection`);
 * rows trained on different datasets (the resolved ``dataset`` config node
   differs), whose metrics do not measure the same thing;
+* every configuration tying on validation (then none is marked best);
 * rows with a single seed, whose differences may be seed noise.
 
 The command line prints them under the table (to stderr for the machine
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from peftlab.compare.grouping import Row
+from peftlab.compare.grouping import Row, all_tie
 from peftlab.runs import Run
 from peftlab.compare.selection import fallback_notes, legacy_note, mixed_selection_note, unranked_notes
 from peftlab.values import canonical
@@ -35,8 +36,17 @@ def row_notes(rows: Sequence[Row]) -> list[str]:
     metric = rows[0].metric
     notes = [legacy_note(records, metric), *unranked_notes(records, metric), *fallback_notes(records)]
     notes.append(mixed_selection_note(records))
-    notes += [dataset_note(records), single_seed_note(rows)]
+    notes += [tie_note(rows), dataset_note(records), single_seed_note(rows)]
     return [n for n in notes if n]
+
+
+def tie_note(rows: Sequence[Row]) -> str | None:
+    """Says that every configuration ties on validation, so none is marked best."""
+    if not all_tie(rows):
+        return None
+    value = next(r.val_mean for r in rows if r.val_mean is not None)
+    return (f"every configuration ties on validation {rows[0].metric} ({value:.4g}): none is marked best; "
+            "the test column does not choose between them")
 
 
 def single_seed_note(rows: Sequence[Row]) -> str | None:
