@@ -15,6 +15,7 @@ from arms import completed_runs, kept_validation, mean_std, summary  # noqa: E40
 # lora-lr2e-3 and pissa (eva_convergence's arms, when RUNS is shared) have the settings of lora-measured and
 # pissa-measured, without the weight-0 measurement of the terms (which takes no gradient).
 ORDER = ("lora-measured", "lora-lr2e-3", "pissa-measured", "pissa", "ba_lora", "ba_lora_x100")
+LM_ORDER = ("lm-lora", "lm-pissa", "lm-ba_lora")
 TERMS = ("ba_consistency", "ba_diversity", "ba_svd")
 
 
@@ -41,20 +42,28 @@ def row(arm: str, runs: list[Path]) -> str:
     return "| " + " | ".join(cells) + " |", metric
 
 
-def main(root: Path) -> None:
-    arms = completed_runs(root)
-    names = [a for a in ORDER if a in arms]  # the RUNS folder may hold other experiments' arms too
+def table(arms: dict[str, list[Path]], order: tuple[str, ...], title: str) -> None:
+    names = [a for a in order if a in arms]  # the RUNS folder may hold other experiments' arms too
     if not names:
-        print(f"no completed runs under {root}")
         return
     rows = [row(a, arms[a]) for a in names]
     metric = rows[0][1]
+    print(f"### {title}\n")
     print(f"| arm | seeds | validation {metric} (kept) | test {metric} | test loss | train task loss (last) | "
           + " | ".join(f"{t} (last)" for t in TERMS) + " | tokens/s |")
     print("|---|---|---|---|---|---|" + "---|" * len(TERMS) + "---|")
     for line, _ in rows:
         print(line)
     print()
+
+
+def main(root: Path) -> None:
+    arms = completed_runs(root)
+    if not any(a in arms for a in ORDER + LM_ORDER):
+        print(f"no completed runs under {root}")
+        return
+    table(arms, ORDER, "Default task (MiniLM, docstring classification)")
+    table(arms, LM_ORDER, "Causal LM (Gemma 3 270M, arithmetic word problems)")
     print("Mean ± sample std over seeds. The terms are the raw (unweighted) values of the last logged training "
           "interval; in the lora-measured and pissa-measured arms they are measured at weight 0 (not trained on).")
 
