@@ -535,3 +535,19 @@ def test_a_series_with_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
     assert len(val_line.get_xdata()) == 1 and val_line.get_marker() == "o"
     (loss_line,) = saved["loss_curves.png"].axes[0].get_lines()
     assert len(loss_line.get_xdata()) == 5 and loss_line.get_marker() in (None, "None", "")
+
+
+def test_rows_carry_a_confidence_interval_and_a_test_against_the_best(runs):
+    from scipy import stats
+
+    rows, _ = _rows(runs)
+    best = next(r for r in rows if r.best)
+    assert best.p_vs_best is None and best.test_ci is not None
+    other = next(r for r in rows if r.label == "method=lora method.rank=4")
+    expected = stats.ttest_ind(other.test_values, best.test_values, equal_var=False).pvalue
+    assert other.p_vs_best == pytest.approx(expected) and other.g_vs_best < 0
+    text = cmp.to_markdown(rows)
+    assert "| test 95% CI |" in text.splitlines()[0] and "| p vs best |" in text.splitlines()[0]
+    assert "Welch's t test" in text
+    data = json.loads(cmp.to_json(rows))["rows"]
+    assert any(d["verdict_vs_best"] in ("differs", "not distinguishable") for d in data)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from peftlab.compare.grouping import NOISE_MARK, NOISE_RULE, Row
+from peftlab.compare.significance import ALPHA, verdict
 
 #: Decimals of the key metric: fixed, so that a column lines up and 0.8 reads 0.8000 like its neighbours.
 METRIC_DECIMALS = 4
@@ -96,6 +97,7 @@ def columns(rows: Sequence[Row]) -> list[Column]:
         _metric_column(f"test {metric}", lambda r: (r.test_mean, r.test_std)),
         Column("n", lambda r: str(r.n), "count"),
         *_lr_column(rows),
+        *_significance_columns(rows),
         Column("trainable", lambda r: fmt_count(r.trainable_params), "secondary"),
         Column("wall time", lambda r: fmt_time(r.wall_time_s), "secondary"),
         Column("tokens/s", lambda r: fmt_count(r.tokens_per_s), "secondary"),
@@ -123,6 +125,25 @@ def _lr_column(rows: Sequence[Row]) -> list[Column]:
     return [Column("lr", lambda r: fmt_learning_rates(r.learning_rates), "secondary")]
 
 
+def _significance_columns(rows: Sequence[Row]) -> list[Column]:
+    """The test mean's 95% CI and the test against the best row, when some row has two seeds or more."""
+    if not any(r.test_ci for r in rows):
+        return []
+    return [
+        Column("test 95% CI", lambda r: "-" if r.test_ci is None else f"{fmt_metric(r.test_ci[0])}..{fmt_metric(r.test_ci[1])}",
+               "secondary"),
+        Column("p vs best", lambda r: _fmt_p(r), "secondary"),
+    ]
+
+
+def _fmt_p(r: Row) -> str:
+    """Welch's p against the best row and what it says: ``0.031 differs`` / ``0.42 n.d.`` (not distinguishable)."""
+    if r.p_vs_best is None:
+        return "-"
+    short = "differs" if verdict(r.p_vs_best) == "differs" else "n.d."
+    return f"{r.p_vs_best:.2g} {short}"
+
+
 def regularizer_names(rows: Sequence[Row]) -> list[str]:
     """The ``reg/<name>`` terms any row logged, in the order first seen."""
     return list(dict.fromkeys(k for r in rows for k in r.regularizers))
@@ -142,6 +163,8 @@ def caption(rows: Sequence[Row]) -> str:
         f"Ranked and marked by validation {r.metric} ({direction} is better); "
         f"test {r.metric} reported at the selected checkpoint. "
         f"Mean ± sample std over seeds. {NOISE_MARK}: on validation, {NOISE_RULE}."
+        + (f" p vs best: Welch's t test of the test values against the best row's; differs when p < {ALPHA}, "
+           "else n.d. (not distinguishable)." if any(x.p_vs_best is not None for x in rows) else "")
     )
 
 
@@ -174,6 +197,10 @@ def _row_dict(r: Row) -> dict:
         "test_std": r.test_std,
         "n": r.n,
         "learning_rates": r.learning_rates,
+        "test_ci95": list(r.test_ci) if r.test_ci else None,
+        "p_vs_best": r.p_vs_best,
+        "hedges_g_vs_best": r.g_vs_best,
+        "verdict_vs_best": verdict(r.p_vs_best) or None,
         "trainable_params": None if r.trainable_params is None else round(r.trainable_params),
         "total_params": None if r.total_params is None else round(r.total_params),
         "wall_time_s": r.wall_time_s,

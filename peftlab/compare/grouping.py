@@ -35,6 +35,7 @@ from typing import Any
 
 from peftlab.runs import Run
 from peftlab.compare.selection import selected_validation
+from peftlab.compare.significance import finite, hedges_g, mean_ci, welch_p
 from peftlab.values import MISSING, as_number, canonical, override_key
 from peftlab.errors import UserError, did_you_mean
 from peftlab.metrics import LOWER_IS_BETTER, lower_is_better, regularizer_terms  # noqa: F401  (LOWER_IS_BETTER: part of compare's API)
@@ -91,6 +92,10 @@ class Row:
     intruders: float | None = None
     regularizers: dict[str, float | None] = dataclasses.field(default_factory=dict)  # reg/<name>: mean raw value
     learning_rates: list[float] = dataclasses.field(default_factory=list)  # the distinct optimizer.lr of its runs
+    test_values: list[float] = dataclasses.field(default_factory=list)  # one per run that has it
+    test_ci: tuple[float, float] | None = None  # 95% confidence interval of the test mean (n >= 2)
+    p_vs_best: float | None = None  # Welch's test of the test values against the best row's
+    g_vs_best: float | None = None  # Hedges' g, this row minus the best row, on test
     best: bool = False
     within_noise: bool = False
 
@@ -230,7 +235,8 @@ def _learning_rates(recs: Sequence[Run]) -> list[float]:
 def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
     """The statistics of one configuration over its seeds (marks are set later, by :func:`mark_best`)."""
     kd = dict(key)
-    tm, ts = mean_std([_split(r, "test").get(metric) for r in recs])
+    tests = finite([_split(r, "test").get(metric) for r in recs])
+    tm, ts = mean_std(tests)
     vm, vs = mean_std([selected_validation(r, metric).value for r in recs])
     return Row(
         key=key,
@@ -251,6 +257,8 @@ def _row(key: tuple, recs: list[Run], swept: Sequence[str], metric: str) -> Row:
         intruders=_mean(_intruders(r) for r in recs),
         regularizers=_regularizers(recs),
         learning_rates=_learning_rates(recs),
+        test_values=tests,
+        test_ci=mean_ci(tests),
     )
 
 
@@ -273,6 +281,7 @@ def group(
     groups, swept = _configurations(records)
     rows = [_row(key, recs, swept, metric) for key, recs in groups.items()]
     mark_best(rows)
+    compare_with_best(rows)
     return sort_rows(rows, sort)
 
 
@@ -298,3 +307,13 @@ def all_tie(rows: Sequence[Row]) -> bool:
     """True when two or more configurations are ranked and all have the same mean validation metric."""
     ranked = [r.val_mean for r in rows if r.val_mean is not None]
     return len(ranked) > 1 and max(ranked) - min(ranked) <= 1e-12 * max(1.0, abs(ranked[0]))
+
+
+def compare_with_best(rows: Sequence[Row]) -> None:
+    """Each other row's test values against the best row's (chosen on validation): Welch's p, Hedges' g."""
+    best = next((r for r in rows if r.best), None)
+    for r in rows:
+        r.p_vs_best = r.g_vs_best = None
+        if best is not None and r is not best:
+            r.p_vs_best = welch_p(r.test_values, best.test_values)
+            r.g_vs_best = hedges_g(r.test_values, best.test_values)

@@ -4,7 +4,7 @@ The validation and test columns (mean ± std), n and the mark keep their full
 width. When the table is wider than the console, in this order:
 
 1. secondary columns are left out (peak MB, tokens/s, wall time, trainable,
-   intruders, lr) until the table fits with the configuration columns wrapped to
+   intruders, test 95% CI, p vs best, lr) until the table fits with the configuration columns wrapped to
    a comfortable width; the caption names what was left out;
 2. the configuration columns (the swept keys, or "config") wrap, down to
    :data:`LABEL_MIN` characters;
@@ -22,7 +22,7 @@ from peftlab.compare.formats import Column, caption, columns, fmt_stat
 from peftlab.compare.grouping import Row
 
 #: Secondary columns, in the order they are left out when the console is too narrow.
-DROP_ORDER = ("peak MB", "tokens/s", "wall time", "trainable", "intruders", "lr")
+DROP_ORDER = ("peak MB", "tokens/s", "wall time", "trainable", "intruders", "test 95% CI", "p vs best", "lr")
 #: The narrowest a configuration column wraps to.
 LABEL_MIN = 10
 #: The width configuration columns may wrap to before any secondary column is given up for them.
