@@ -17,7 +17,7 @@ from pathlib import Path
 
 from peftlab import runs
 from peftlab.errors import UserError
-from peftlab.layout import SWEEP_FILE
+from peftlab.layout import STUDY_FILE, SWEEP_FILE
 from peftlab.run_files import read_json_object
 
 
@@ -47,8 +47,26 @@ def _targets(text: str, root: Path) -> list[Path]:
 def _runs_in(target: Path, notes: list[str] | None) -> list[runs.Run]:
     if runs.is_run_folder(target):
         return [runs.Run(target)]
+    if (target / STUDY_FILE).is_file():
+        return study_runs(target, notes)
     found = sweep_member_runs(target, notes) if (target / SWEEP_FILE).is_file() else []
     return found + runs.walk_runs(target)
+
+
+def study_runs(study_dir: Path, notes: list[str] | None = None) -> list[runs.Run]:
+    """A study's final runs; its tuning runs (with a note) while it has none."""
+    from peftlab.study import folder  # imports no torch; only when a study is read
+
+    data = folder.read(study_dir)
+    final = folder.sweep_path(study_dir, data.get("final_sweep"))
+    if final is not None and final.is_dir():
+        return sweep_member_runs(final, notes)
+    tune = folder.sweep_path(study_dir, data.get("tune_sweep"))
+    if tune is None or not tune.is_dir():
+        _note(notes, f"study {study_dir} has no runs yet")
+        return []
+    _note(notes, f"study {study_dir} has no final runs yet: these are its tuning runs (one seed per setting)")
+    return sweep_member_runs(tune, notes)
 
 
 def sweep_member_runs(sweep_dir: Path, notes: list[str] | None = None) -> list[runs.Run]:

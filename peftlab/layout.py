@@ -25,6 +25,8 @@ GENERATIONS_DIR = "generations"
 
 # ---- a sweep folder: <root>/sweeps/<name>/v<N>/
 SWEEPS_DIR = "sweeps"
+STUDIES_DIR = "studies"
+STUDY_FILE = "study.json"  # its presence makes a folder a study folder (see peftlab.study)
 SWEEP_FILE = "sweep.json"  # its presence makes a folder a sweep folder; written once, at creation
 STOP_FILE = "stop"  # present while the sweep process asks its members in other processes to stop
 HYDRA_DIR = "hydra"  # Hydra's output of the first launch; hydra-2, hydra-3, ... of each --continue

@@ -41,3 +41,13 @@ def fail(message: str) -> None:
     """Print a user error as one line and exit 2 (for checks made in the CLI itself)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def display_path(path: Any) -> str:
+    """A folder as the user can type it back: relative to the current folder when inside it."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -59,7 +59,7 @@ def compare_command(
     say = _say if fmt == "table" else _say_stderr
     for n in notes:
         say(n)
-    _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say)
+    _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say, _studies(paths, runs_dir))
 
 
 def _kept_runs(cmp, paths: List[str], where: List[str], include_all: bool, notes: list[str],
@@ -100,16 +100,44 @@ def _say_stderr(msg: str) -> None:
     print(msg, file=sys.stderr)  # stdout stays machine-readable
 
 
-def _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say) -> None:
+def _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say, studies=()) -> None:
     figures: list[Path] = []
     if plot_dir is not None:
-        figures = cmp.plot(rows, plot_dir)
+        figures = cmp.plot(rows, plot_dir) + _study_figures(studies, plot_dir)
         say(f"wrote {len(figures)} figure(s) to {plot_dir}")
     if html_file is None:
         return
     if plot_dir is None:
         with tempfile.TemporaryDirectory(prefix="peftlab-compare-") as tmp:
-            cmp.html_report(rows, kept, cmp.plot(rows, tmp), html_file, notes=notes)
+            cmp.html_report(rows, kept, cmp.plot(rows, tmp) + _study_figures(studies, Path(tmp)), html_file,
+                            notes=notes)
     else:
         cmp.html_report(rows, kept, figures, html_file, notes=notes)
     say(f"wrote {html_file}")
+
+
+def _studies(paths: List[str], runs_dir: Optional[str]) -> list[Path]:
+    """The study folders among ``paths`` (their sensitivity curves go with the figures)."""
+    from peftlab import runs
+    from peftlab.study import is_study
+
+    root = runs.runs_root(runs_dir)
+    found = []
+    for text in paths:
+        for path in (Path(text).expanduser(), root / text):
+            if is_study(path):
+                found.append(path.resolve())
+                break
+    return found
+
+
+def _study_figures(studies: list[Path], out: Path) -> list[Path]:
+    from peftlab.study.sensitivity import plot_sensitivity
+
+    figures = []
+    for i, study_dir in enumerate(studies):
+        target = Path(out) if len(studies) == 1 else Path(out) / f"study-{i + 1}"
+        path = plot_sensitivity(study_dir, target)
+        if path is not None:
+            figures.append(path)
+    return figures

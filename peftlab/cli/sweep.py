@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from peftlab.cli.app import app
-from peftlab.cli.common import RUNS_DIR_HELP, console, with_runs_dir
+from peftlab.cli.common import RUNS_DIR_HELP, console, display_path, with_runs_dir
 
 SHOWN_STATUSES = ("completed", "failed", "interrupted", "running", "pending")
 
@@ -102,7 +102,7 @@ def _report(outcome, members: bool = False) -> None:
             say(f"  #{m.index} {m.status}: {' '.join(shown)}  ({run})")
         elif m.status == "failed":
             say(f"  failed: {' '.join(shown)}: {m.error or 'see its run folder'}")
-    folder = _display(found.sweep_dir)
+    folder = display_path(found.sweep_dir)
     say(f"sweep folder: {folder}")
     unfinished = found.expected > counts.get("completed", 0) + counts.get("failed", 0)
     if outcome.interrupted or unfinished:
@@ -126,12 +126,3 @@ def _exit(outcome) -> None:
 def say(message: str) -> None:
     """One plain line: no markup, highlighting or wrapping (paths and overrides stay copyable)."""
     console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _display(path) -> str:
-    from pathlib import Path
-
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)

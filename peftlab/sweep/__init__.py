@@ -48,7 +48,7 @@ SIGTERM).
 from __future__ import annotations
 
 from peftlab.sweep.folder import find_sweep, read
-from peftlab.sweep.launch import Outcome, resume, start
+from peftlab.sweep.launch import Outcome, resume, start, start_members
 from peftlab.sweep.planning import BASIC, OPTUNA, PLUGINS_HINT, Plan, is_hydra, plan
 from peftlab.sweep.status import Member, SweepState, members, state, sweep_runs
 from peftlab.sweep.task import run_member
@@ -56,5 +56,6 @@ from peftlab.sweep.task import run_member
 __all__ = [  # noqa: RUF022 - grouped: constants, classes, functions
     "BASIC", "OPTUNA", "PLUGINS_HINT",
     "Member", "Outcome", "Plan", "SweepState",
-    "find_sweep", "is_hydra", "members", "plan", "read", "resume", "run_member", "start", "state", "sweep_runs",
+    "find_sweep", "is_hydra", "members", "plan", "read", "resume", "run_member", "start", "start_members", "state",
+    "sweep_runs",
 ]

@@ -186,8 +186,10 @@ class Outcome:
     interrupted: bool = False
 
 
-def start(p: Plan, argv: Sequence[str], announce: Any = print) -> Outcome:
-    """Create the sweep folder (sweep.json, written once), print what it will do, and run it."""
+def start(p: Plan, argv: Sequence[str], announce: Any = print, on_created: Any = None) -> Outcome:
+    """Create the sweep folder (sweep.json, written once), print what it will do, and run it.
+
+    ``on_created(sweep_dir)`` runs once the folder exists, before any member starts."""
     sweep_dir = create(p.runs_root, p.name, {
         "grid": p.grid,
         "members": [{"index": i, "overrides": m} for i, m in enumerate(p.members or [])],
@@ -202,10 +204,44 @@ def start(p: Plan, argv: Sequence[str], announce: Any = print) -> Outcome:
         "direction": p.direction,
         "argv": list(argv),
     })
+    if on_created is not None:
+        on_created(sweep_dir)
     announce(f"sweep {p.name}/{sweep_dir.name}: {p.describe()}")
     hydra_overrides = p.hydra_overrides + p.extra
     return _run(sweep_dir, lambda: _launch_sweeper(next_hydra_dir(sweep_dir), p.overrides, hydra_overrides,
                                                    p.config_dirs, hydra_overrides, count=p.count))
+
+
+def start_members(root: Path, name: str, members: list[list[str]], *, hydra_overrides: list[str],
+                  config_dirs: list[str], launcher: str, metric: str, argv: Sequence[str], announce: Any = print,
+                  on_created: Any = None) -> Outcome:
+    """A sweep of given members rather than a grid (e.g. each configuration at its own chosen setting).
+
+    ``on_created(sweep_dir)`` runs once the folder exists, before any member starts.
+    ``--continue`` and ``--status`` treat it as any other sweep.
+    """
+    swept = sorted({key_of(o) for m in members for o in m if sum(o in x for x in members) < len(members)})
+    hydra_overrides = [o for o in hydra_overrides if not key_of(o).startswith(("hydra/sweeper", "hydra.sweeper"))]
+    sweep_dir = create(root, name, {
+        "grid": None,
+        "members": [{"index": i, "overrides": m} for i, m in enumerate(members)],
+        "overrides": [],
+        "hydra_overrides": hydra_overrides,
+        "config_dirs": [str(Path(d).resolve()) for d in config_dirs],
+        "sweeper": "given members",
+        "launcher": launcher,
+        "count": len(members),
+        "swept": swept,
+        "metric": metric,
+        "direction": None,
+        "argv": list(argv),
+    })
+    if on_created is not None:
+        on_created(sweep_dir)
+    announce(f"sweep {name}/{sweep_dir.name}: {len(members)} run{'' if len(members) == 1 else 's'}")
+    jobs = [{"index": i, "overrides": m} for i, m in enumerate(members)]
+    return _run(sweep_dir, lambda: _launch_jobs(next_hydra_dir(sweep_dir), jobs, hydra_overrides, list(config_dirs),
+                                                hydra_overrides))
 
 
 def _run(sweep_dir: Path, launch: Any) -> Outcome:
@@ -222,8 +258,9 @@ def _run(sweep_dir: Path, launch: Any) -> Outcome:
 
 
 def resume(spec: str, *, jobs: int | None = None, hydra_overrides: Sequence[str] = (),
-           runs_dir: str | Path | None = None, announce: Any = print) -> Outcome:
-    """``--continue``: run the members of a sweep that did not complete."""
+           runs_dir: str | Path | None = None, announce: Any = print, rerun_failed: bool = True) -> Outcome:
+    """``--continue``: run the members of a sweep that did not complete (not the failed ones when
+    ``rerun_failed`` is false: a study keeps a diverged setting as a result)."""
     sweep_dir = find_sweep(spec, runs_dir).resolve()
     data = read(sweep_dir)
     if not isinstance(data.get("members"), list):
@@ -233,12 +270,13 @@ def resume(spec: str, *, jobs: int | None = None, hydra_overrides: Sequence[str]
     hydra_ovr = _continue_overrides(list(stored or []), jobs, hydra_overrides)
     config_dirs = list(data.get("config_dirs") or [])
     members = status.members(sweep_dir, data)
-    todo = jobs_to_continue(members)
+    todo = jobs_to_continue(members, rerun_failed)
     count = int(data.get("count") or len(members))
     missing_trials = max(0, count - len(members)) if data.get("sweeper") == OPTUNA else 0
     name = f"{data.get('name')}/{data.get('version')}"
     if not todo and not missing_trials:
-        announce(f"sweep {name}: all {len(members)} runs completed; nothing to continue")
+        done = f"all {len(members)} runs completed" if rerun_failed else "every run finished"
+        announce(f"sweep {name}: {done}; nothing to continue")
         return Outcome(status.state(sweep_dir))
     announce(f"sweep {name}: continuing, {_to_go(members, todo, missing_trials, count)}")
     clear_stop(sweep_dir)  # a stop asked of an earlier launch does not stop this one
@@ -301,7 +339,7 @@ def _continue_overrides(stored: list[str], jobs: int | None, given: Sequence[str
     return [o for o in stored if key_of(o) not in keys] + extra
 
 
-def jobs_to_continue(members: Sequence[status.Member]) -> list[dict[str, Any]]:
+def jobs_to_continue(members: Sequence[status.Member], rerun_failed: bool = True) -> list[dict[str, Any]]:
     """The members to run again (every one whose newest run did not complete), as launch jobs.
 
     An interrupted member resumes from its run's newest checkpoint (``resume=``);
@@ -309,7 +347,7 @@ def jobs_to_continue(members: Sequence[status.Member]) -> list[dict[str, Any]]:
     """
     jobs = []
     for member in members:
-        if member.status == "completed":
+        if member.status == "completed" or (member.status == "failed" and not rerun_failed):
             continue
         job: dict[str, Any] = {"index": member.index, "overrides": list(member.overrides)}
         run, typed_resume = member.run, any(key_of(o) == "resume" for o in member.overrides)

@@ -1,0 +1,77 @@
+"""``peftlab study [OVERRIDES...] --tune KEY=SPEC``: tune every configuration on validation, re-run the best."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from peftlab.cli.app import app
+from peftlab.cli.common import RUNS_DIR_HELP, console, with_runs_dir
+
+
+@app.command("study")
+def study_command(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="the configurations, in sweep syntax (e.g. method=lora,pissa,dora method.rank=8), and fixed "
+        "overrides; hydra/launcher=... passes through"),
+    tune: Optional[List[str]] = typer.Option(
+        None, "--tune", metavar="KEY=SPEC",
+        help="a key to tune on validation: tag(log,interval(lo,hi)), interval(lo,hi), or a list a,b,c; repeatable"),
+    trials: int = typer.Option(6, "--trials", help="values tried per configuration, from each interval"),
+    seeds: int = typer.Option(3, "--seeds", help="final runs per configuration at its chosen setting"),
+    tune_seed: int = typer.Option(0, "--tune-seed", help="the seed of the tuning runs; final seeds follow it"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="run N runs in parallel (joblib launcher)"),
+    name: Optional[str] = typer.Option(None, "--name", help="study folder name (default: the swept keys)"),
+    continue_: Optional[str] = typer.Option(
+        None, "--continue", metavar="STUDY",
+        help="continue a stopped study (runs/studies/<name>/vN, or <name>): only the runs it still needs"),
+    config_dir: Optional[List[str]] = typer.Option(None, "--config-dir", help="extra config folder(s)"),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
+) -> None:
+    """A fair comparison: the same tuning budget for every configuration, chosen on validation, then seeds.
+
+    1. Every configuration (method x rank x any swept key) runs every value of the
+       tuned keys at the tuning seed; its best setting is chosen on the validation
+       metric. 2. Each best setting runs again with --seeds fresh seeds. 3. `peftlab
+       compare <study folder>` reports test mean, std, 95% confidence interval and
+       Welch's test against the best configuration; --plot adds the sensitivity curve.
+    Exit code 0 when every run completed, 1 when some failed, 2 for a mistake in the
+    command, 130 when interrupted (continue with --continue).
+    """
+    from peftlab import study
+    from peftlab.errors import UserError
+
+    overrides = list(overrides or [])
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs} is not allowed: use --jobs N with N >= 1 (parallel runs)")
+    if continue_ is not None:
+        if overrides or tune or name or config_dir:
+            raise UserError("--continue takes only --jobs and --runs-dir: the rest is stored in the study")
+        outcome = study.continue_study(continue_, jobs=jobs, runs_dir=runs_dir, announce=say)
+    else:
+        outcome = study.start_study(with_runs_dir(overrides, runs_dir), list(tune or []), trials=trials,
+                                    seeds=seeds, tune_seed=tune_seed, jobs=jobs, name=name,
+                                    config_dirs=config_dir or [], argv=["peftlab", *sys.argv[1:]], announce=say)
+    _report(outcome)
+
+
+def _report(outcome) -> None:
+    from peftlab.cli.common import display_path, err_console
+
+    where = display_path(outcome.study_dir)
+    say(f"study folder: {where}")
+    if outcome.interrupted:
+        say(f"continue it with: peftlab study --continue {where}")
+        err_console.print("interrupted", highlight=False)
+        raise SystemExit(130)
+    if outcome.final_sweep is not None:
+        say(f"compare the final runs with: peftlab compare {where}")
+    if outcome.failed:
+        say(f"{outcome.failed} run(s) failed (a failed tuning run counts as that setting's result)")
+        raise SystemExit(1)
+
+
+def say(message: str) -> None:
+    console.print(message, markup=False, highlight=False, soft_wrap=True)

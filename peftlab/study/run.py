@@ -1,0 +1,145 @@
+"""Running a study: every configuration tuned on validation with one budget, the best re-run over seeds.
+
+1. **Tuning**: one sweep of every configuration × every tuned value, at the tuning seed.
+2. **Choosing**: each configuration's best setting by the validation metric of its
+   kept checkpoint (:mod:`peftlab.study.choose`); written to study.json.
+3. **Final**: one sweep of each configuration at its chosen setting with the final
+   seeds, which never include the tuning seed: a setting chosen on one seed's
+   validation would carry that seed's luck into the reported numbers.
+
+Each phase is an ordinary sweep (its runs ordinary run folders), launched through
+the same Hydra launchers. ``continue_study`` picks up where a study stopped: it runs
+the tuning members that did not finish, chooses, then the final members that did
+not finish. A member that failed (a diverged learning rate) is a result, not redone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab import runs
+from peftlab.errors import UserError
+from peftlab.study import folder
+from peftlab.study.choose import Choice, choose
+from peftlab.study.spec import Tuned, parse_tune
+from peftlab.sweep import BASIC, members, plan, resume, start, start_members
+from peftlab.sweep.folder import sweep_ref
+from peftlab.sweep.planning import key_of
+
+UNFINISHED = ("pending", "running", "interrupted")
+
+
+@dataclass
+class StudyOutcome:
+    """Where the study stands after this command: its folder, choices, and how its runs ended."""
+
+    study_dir: Path
+    choices: list[Choice] = field(default_factory=list)
+    interrupted: bool = False
+    failed: int = 0  # tuning and final runs that failed
+    final_sweep: Path | None = None
+
+
+def start_study(overrides: Sequence[str], tune: Sequence[str], *, trials: int, seeds: int, tune_seed: int = 0,
+                jobs: int | None = None, name: str | None = None, config_dirs: Sequence[str] = (),
+                argv: Sequence[str] = (), announce: Callable[[str], Any] = print) -> StudyOutcome:
+    """Validate everything, create the study folder, and run its phases."""
+    tuned = _check(overrides, tune, trials, seeds)
+    grid = list(overrides) + [f"{t.key}={','.join(t.values)}" for t in tuned] + [f"seed={tune_seed}"]
+    config_keys = [key_of(o) for o in overrides if "," in o.partition("=")[2]]
+    name = runs.check_name(name or ("-".join(config_keys) or "defaults"))
+    p = plan(grid, jobs=jobs, config_dirs=config_dirs, name=f"{name}-tune")
+    if p.sweeper != BASIC:
+        raise UserError(f"a study tunes on a grid: hydra/sweeper={p.sweeper} is not used by peftlab study; "
+                        "drop it (--trials sets the budget)")
+    study_dir = folder.create(p.runs_root, name, {
+        "tuned": [t.record() for t in tuned], "trials": trials, "tune_seed": tune_seed,
+        "seeds": [tune_seed + 1 + i for i in range(seeds)], "overrides": list(overrides), "metric": p.metric,
+        "hydra_overrides": p.hydra_overrides + p.extra, "config_dirs": [str(Path(d).resolve()) for d in config_dirs],
+        "launcher": p.launcher, "tune_sweep": None, "final_sweep": None, "argv": list(argv),
+    })
+    announce(f"study {name}/{study_dir.name}: {p.count} tuning run(s) ({', '.join(_describe(t) for t in tuned)} "
+             f"per configuration), then {seeds} seed(s) of each configuration's best")
+    outcome = start(p, argv=argv, announce=announce,
+                    on_created=lambda d: folder.update(study_dir, tune_sweep=sweep_ref(d, p.runs_root)))
+    if outcome.interrupted:
+        return StudyOutcome(study_dir, interrupted=True)
+    return _after_tuning(study_dir, jobs, announce)
+
+
+def continue_study(spec: str, *, jobs: int | None = None, runs_dir: str | Path | None = None,
+                   announce: Callable[[str], Any] = print) -> StudyOutcome:
+    """Run what a stopped study still needs: unfinished tuning members, the choice, unfinished final members."""
+    study_dir = folder.find_study(spec, runs_dir)
+    data = folder.read(study_dir)
+    tune_dir = folder.sweep_path(study_dir, data.get("tune_sweep"))
+    if tune_dir is None or not tune_dir.is_dir():
+        raise UserError(f"study {study_dir} was stopped before its tuning sweep existed: start the study again")
+    if any(m.status in UNFINISHED for m in members(tune_dir)):
+        if resume(str(tune_dir), jobs=jobs, announce=announce, rerun_failed=False).interrupted:
+            return StudyOutcome(study_dir, interrupted=True)
+    final_dir = folder.sweep_path(study_dir, data.get("final_sweep"))
+    if final_dir is None:
+        return _after_tuning(study_dir, jobs, announce)
+    outcome = resume(str(final_dir), jobs=jobs, announce=announce, rerun_failed=False)
+    return _outcome(study_dir, interrupted=outcome.interrupted)
+
+
+def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], Any]) -> StudyOutcome:
+    """Choose on validation, record the choice, and run the final seeds."""
+    data = folder.read(study_dir)
+    tuned = [Tuned.from_record(t) for t in data["tuned"]]
+    tune_dir = folder.sweep_path(study_dir, data["tune_sweep"])
+    choices = choose(members(tune_dir), [t.key for t in tuned], str(data["metric"]))
+    for c in choices:
+        label = " ".join(c.configuration) or "(defaults)"
+        if c.setting:
+            announce(f"chosen on validation {data['metric']} = {c.validation:.4g}: {label} {' '.join(c.setting)}")
+        else:
+            announce(f"no tuning run of {label} completed: it has no final runs")
+    final = [c.configuration + c.setting + [f"seed={s}"] for c in choices if c.setting for s in data["seeds"]]
+    folder.update(study_dir, chosen=[c.record() for c in choices])
+    if not final:
+        return _outcome(study_dir)
+    root = folder.runs_root_of(study_dir)
+    outcome = start_members(
+        root, f"{data['name']}-final", final, hydra_overrides=list(data["hydra_overrides"]),
+        config_dirs=list(data["config_dirs"]), launcher=str(data["launcher"]), metric=str(data["metric"]),
+        argv=list(data.get("argv") or []), announce=announce,
+        on_created=lambda d: folder.update(study_dir, final_sweep=sweep_ref(d, root)))
+    return _outcome(study_dir, interrupted=outcome.interrupted)
+
+
+def _outcome(study_dir: Path, interrupted: bool = False) -> StudyOutcome:
+    """The study as its sweeps' run folders say."""
+    data = folder.read(study_dir)
+    sweeps = [folder.sweep_path(study_dir, data.get(k)) for k in ("tune_sweep", "final_sweep")]
+    failed = sum(m.status == "failed" for s in sweeps if s is not None for m in members(s))
+    choices = [Choice(**c) for c in data.get("chosen") or []]
+    return StudyOutcome(study_dir, choices, interrupted, failed, sweeps[1])
+
+
+def _check(overrides: Sequence[str], tune: Sequence[str], trials: int, seeds: int) -> list[Tuned]:
+    """Every mistake in the command as a one-line UserError, before anything is created."""
+    if not tune:
+        raise UserError("a study needs --tune KEY=SPEC, e.g. --tune 'optimizer.lr=tag(log,interval(1e-5,1e-2))'")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds} is not allowed: use --seeds N with N >= 1 (final runs per configuration)")
+    tuned = [parse_tune(t, trials) for t in tune]
+    keys = [t.key for t in tuned]
+    if len(set(keys)) < len(keys):
+        raise UserError(f"--tune names a key twice ({', '.join(sorted(k for k in set(keys) if keys.count(k) > 1))}): "
+                        "give each tuned key once")
+    for o in overrides:
+        if key_of(o) == "seed":
+            raise UserError(f"'{o}': a study sets the seeds itself; use --seeds N (and --tune-seed) instead")
+        if key_of(o) in keys:
+            raise UserError(f"'{o}' sets {key_of(o)}, which --tune searches: drop one of them")
+    return tuned
+
+
+def _describe(t: Tuned) -> str:
+    return f"{len(t.values)} value(s) of {t.key}"

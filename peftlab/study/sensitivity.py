@@ -1,0 +1,57 @@
+"""How forgiving each configuration is: the validation metric against the tuned value.
+
+Drawn from the tuning runs (one seed per point), one line per configuration, the
+chosen point circled. A flat curve means the configuration works over a wide
+range of the tuned value; a sharp peak means it needs tuning to be used at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftlab.study import folder
+from peftlab.study.choose import configuration_of, curves
+from peftlab.study.spec import Tuned
+from peftlab.sweep import members
+from peftlab.values import as_number
+
+
+def plot_sensitivity(study_dir: Path, out_dir: Path) -> Path | None:
+    """``sensitivity.png`` in ``out_dir`` for a study with one numeric tuned key; None otherwise."""
+    from matplotlib.figure import Figure
+
+    data = folder.read(study_dir)
+    tuned = [Tuned.from_record(t) for t in data["tuned"]]
+    tune_dir = folder.sweep_path(study_dir, data.get("tune_sweep"))
+    if len(tuned) != 1 or tune_dir is None or not tune_dir.is_dir():
+        return None
+    key, metric = tuned[0].key, str(data["metric"])
+    found = curves(members(tune_dir), [key], metric)
+    chosen = {tuple(c["configuration"]): " ".join(c["setting"]) for c in data.get("chosen") or []}
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    drew = False
+    for config, points in found.items():
+        pts = sorted((as_number(s.partition("=")[2]), v, s) for s, v in points if as_number(s.partition("=")[2]) is not None)
+        if not pts:
+            continue
+        drew = True
+        label = " ".join(configuration_of(list(config), [key])) or "(defaults)"
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        best = [p for p in pts if p[2] == chosen.get(config)]
+        if best:
+            ax.plot([best[0][0]], [best[0][1]], marker="o", ms=12, mfc="none", color=line.get_color())
+    if not drew:
+        return None
+    if tuned[0].log:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"validation {metric} (tuning seed)")
+    ax.set_title(f"sensitivity to {key} (circled: chosen on validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sensitivity.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path

@@ -1,0 +1,83 @@
+"""What a study tunes: ``--tune KEY=SPEC`` parsed into the values every configuration tries.
+
+SPEC is Hydra's sweep syntax:
+
+* ``interval(lo,hi)`` — ``--trials`` evenly spaced values from lo to hi (both included);
+* ``tag(log,interval(lo,hi))`` — ``--trials`` values evenly spaced in log space (0 < lo);
+* ``a,b,c`` or ``choice(a,b,c)`` — exactly these values (``--trials`` does not apply);
+* ``range(start,stop[,step])`` — Hydra's range.
+
+Every configuration tries the same values: the tuning budget is equal by construction.
+Values are written with 3 significant digits (``2.68e-05``), which is what the runs record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from peftlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One tuned key: as typed, and the values every configuration tries."""
+
+    key: str
+    spec: str
+    values: tuple[str, ...]
+    log: bool  # spaced (and best plotted) on a log scale
+
+    def record(self) -> dict:
+        return {"key": self.key, "spec": self.spec, "values": list(self.values), "log": self.log}
+
+    @classmethod
+    def from_record(cls, data: dict) -> "Tuned":
+        return cls(str(data["key"]), str(data["spec"]), tuple(str(v) for v in data["values"]), bool(data.get("log")))
+
+
+def parse_tune(text: str, trials: int) -> Tuned:
+    """``KEY=SPEC`` into a :class:`Tuned`; a one-line UserError for anything that cannot be tuned."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    if trials < 1:
+        raise UserError(f"--trials {trials} is not allowed: use --trials N with N >= 1 (values tried per configuration)")
+    key, sep, spec = str(text).partition("=")
+    if not sep or not key.strip() or not spec.strip():
+        raise UserError(f"--tune '{text}' is not KEY=SPEC: e.g. --tune 'optimizer.lr=tag(log,interval(1e-5,1e-2))'")
+    try:
+        value = OverridesParser.create().parse_override(str(text)).value()
+    except Exception as exc:  # Hydra's grammar errors: one line naming what was typed
+        raise UserError(f"--tune '{text}' cannot be read ({str(exc).splitlines()[0]}): "
+                        "e.g. --tune 'optimizer.lr=tag(log,interval(1e-5,1e-2))'") from None
+    key = key.strip()
+    if isinstance(value, IntervalSweep):
+        return Tuned(key, spec, _interval(text, float(value.start), float(value.end), trials, "log" in value.tags),
+                     "log" in value.tags)
+    if isinstance(value, (ChoiceSweep, RangeSweep)):
+        values = [str(v) for v in (value.list if isinstance(value, ChoiceSweep) else range(value.start, value.stop,
+                                                                                              value.step))]
+        if not values:
+            raise UserError(f"--tune '{text}' has no values: give at least one")
+        return Tuned(key, spec, tuple(dict.fromkeys(values)), "log" in value.tags)
+    raise UserError(f"--tune '{text}' is one value, nothing to tune: give an interval(lo,hi) or a list a,b,c "
+                    f"(a fixed value goes with the other overrides)")
+
+
+def _interval(text: str, lo: float, hi: float, trials: int, log: bool) -> tuple[str, ...]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise UserError(f"--tune '{text}' is an empty range: the interval needs lo < hi")
+    if log and lo <= 0:
+        raise UserError(f"--tune '{text}': a log interval needs 0 < lo; use interval(lo,hi) without tag(log,...)")
+    if trials == 1:
+        points = [math.sqrt(lo * hi) if log else (lo + hi) / 2]
+    elif log:
+        points = [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (trials - 1)) for i in range(trials)]
+    else:
+        points = [lo + i * (hi - lo) / (trials - 1) for i in range(trials)]
+    values = tuple(dict.fromkeys(f"{p:.3g}" for p in points))
+    if len(values) < trials:
+        raise UserError(f"--tune '{text}' with --trials {trials}: the values repeat at 3 significant digits; "
+                        "use fewer trials or a wider range")
+    return values

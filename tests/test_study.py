@@ -1,0 +1,170 @@
+"""``peftlab study``: the tuning grid, the choice on validation only, the final seeds, continuing, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peftlab.errors import UserError
+from peftlab.runs import Run
+from peftlab.study.choose import choose
+from peftlab.study.spec import parse_tune
+from peftlab.sweep.status import Member
+from tests.conftest import peftlab
+from tests.test_compare import fabricate_run
+
+TINY = ["model=tiny", "trainer.max_steps=3", "trainer.eval_every=0", "trainer.log_every=1"]
+LR = "optimizer.lr=tag(log,interval(1e-4,1e-2))"
+
+
+# ------------------------------------------------------------------ the --tune syntax
+def test_a_log_interval_is_spaced_evenly_in_log_space():
+    tuned = parse_tune("optimizer.lr=tag(log,interval(1e-5,1e-2))", 4)
+    expected = [10 ** (-5 + i) for i in range(4)]  # log10 steps of (−2 − (−5)) / 3 = 1
+    assert [float(v) for v in tuned.values] == pytest.approx(expected, rel=1e-3) and tuned.log
+    assert tuned.key == "optimizer.lr"
+
+
+def test_a_plain_interval_is_spaced_evenly_and_a_list_is_taken_as_given():
+    assert parse_tune("trainer.warmup_ratio=interval(0,0.1)", 3).values == ("0", "0.05", "0.1")
+    assert parse_tune("method.rank=4,8,16", 99).values == ("4", "8", "16")
+    one = parse_tune("optimizer.lr=tag(log,interval(1e-4,1e-2))", 1).values
+    assert float(one[0]) == pytest.approx(math.sqrt(1e-4 * 1e-2))
+
+
+@pytest.mark.parametrize("text, trials, message", [
+    ("optimizer.lr=interval(1e-2,1e-4)", 3, "is an empty range"),
+    ("optimizer.lr=interval(1e-2,1e-2)", 3, "is an empty range"),
+    ("optimizer.lr=tag(log,interval(0,1))", 3, "a log interval needs 0 < lo"),
+    ("optimizer.lr=3e-4", 3, "one value, nothing to tune"),
+    ("optimizer.lr", 3, "is not KEY=SPEC"),
+    ("optimizer.lr=interval(1e-4,", 3, "cannot be read"),
+    ("optimizer.lr=interval(1e-4,1e-2)", 0, "--trials 0 is not allowed"),
+    ("optimizer.lr=interval(1.000,1.001)", 20, "the values repeat"),
+])
+def test_bad_tuning_specs_are_one_line_errors(text, trials, message):
+    with pytest.raises(UserError, match=message) as err:
+        parse_tune(text, trials)
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ the choice
+def _planted(root: Path, lr: str, val: float, test: float, index: int) -> Member:
+    run = fabricate_run(root, "lora", 8, 0, test, version=index)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["best_validation"]["accuracy"] = summary["final_validation"]["accuracy"] = val
+    (run / "summary.json").write_text(json.dumps(summary))
+    return Member(index, ["method=lora", f"optimizer.lr={lr}", "seed=0"], Run(run), "completed")
+
+
+def test_the_setting_is_chosen_on_validation_never_on_test(tmp_path):
+    members = [
+        _planted(tmp_path, "0.0001", val=0.70, test=0.99, index=0),  # best on test, worst on validation
+        _planted(tmp_path, "0.001", val=0.85, test=0.60, index=1),
+        _planted(tmp_path, "0.01", val=0.80, test=0.70, index=2),
+        Member(3, ["method=lora", "optimizer.lr=0.1", "seed=0"], None, "failed"),
+    ]
+    (choice,) = choose(members, ["optimizer.lr"], "accuracy")
+    assert choice.setting == ["optimizer.lr=0.001"] and choice.validation == 0.85
+    assert choice.configuration == ["method=lora"] and (choice.tried, choice.completed) == (4, 3)
+
+
+def test_a_lower_is_better_metric_chooses_the_smallest(tmp_path):
+    members = [_planted(tmp_path, lr, val=v, test=0.5, index=i) for i, (lr, v) in enumerate([("0.001", 0.3), ("0.01", 0.2)])]
+    for m in members:  # rank by loss instead: the summary's loss is 0.9 - test for both, so set it per run
+        summary = json.loads((m.run.path / "summary.json").read_text())
+        summary["best_validation"]["loss"] = summary["final_validation"]["loss"] = summary["best_validation"]["accuracy"]
+        (m.run.path / "summary.json").write_text(json.dumps(summary))
+    (choice,) = choose([Member(m.index, m.overrides, Run(m.run.path), m.status) for m in members], ["optimizer.lr"], "loss")
+    assert choice.setting == ["optimizer.lr=0.01"]
+
+
+# ------------------------------------------------------------------ end to end on the tiny model
+def _completed(root: Path) -> list[dict]:
+    metas = [json.loads(p.read_text()) for p in root.glob("*/v*/meta.json")]
+    return [m for m in metas if m.get("status") == "completed"]
+
+
+def test_a_study_tunes_every_configuration_alike_then_reruns_the_best_with_fresh_seeds(runs_dir):
+    res = peftlab("study", *TINY, "method=lora,pissa", "--tune", LR, "--trials", "2", "--seeds", "2")
+    assert res.returncode == 0, res.stderr
+    study_dir = next((runs_dir / "studies").glob("*/v1"))
+    data = json.loads((study_dir / "study.json").read_text())
+    assert data["seeds"] == [1, 2] and data["tune_seed"] == 0
+    assert [t["values"] for t in data["tuned"]] == [["0.0001", "0.01"]]
+    assert len(data["chosen"]) == 2 and all(c["completed"] == 2 for c in data["chosen"])
+    completed = _completed(runs_dir)
+    assert len(completed) == 2 * 2 + 2 * 2
+    final = [m for m in completed if "final" in m["sweep"]["name"]]
+    assert sorted(m["seed"] for m in final) == [1, 1, 2, 2]  # never the tuning seed
+    chosen = {next(o for o in c["configuration"] if o.startswith("method=")).partition("=")[2]:
+              float(c["setting"][0].partition("=")[2]) for c in data["chosen"]}
+    for meta_file in runs_dir.glob("*/v*/meta.json"):  # every final run trains at its configuration's choice
+        meta = json.loads(meta_file.read_text())
+        if "final" in meta["sweep"]["name"]:
+            cfg = yaml.safe_load((meta_file.parent / "config.yaml").read_text())
+            assert cfg["optimizer"]["lr"] == pytest.approx(chosen[meta["choices"]["method"]])
+    res = peftlab("compare", str(study_dir), "--format", "json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert len(rows) == 2 and all(r["n"] == 2 for r in rows)
+    assert all(r["test_ci95"] is not None for r in rows)
+    assert sorted(r["learning_rates"][0] for r in rows) == sorted(
+        float(c["setting"][0].partition("=")[2]) for c in data["chosen"])
+
+
+def _launch(args: list[str], runs_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PEFTLAB_RUNS_DIR": str(runs_dir), "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "peftlab", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_an_interrupted_study_continues_with_only_the_missing_runs(runs_dir):
+    args = ["study", *TINY, "trainer.max_steps=30", "method=lora", "--tune", LR, "--trials", "3", "--seeds", "1"]
+    proc = _launch(args, runs_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _completed(runs_dir):
+        time.sleep(0.2)
+    assert _completed(runs_dir), "no tuning run completed in time"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "peftlab study --continue" in out
+    before = {p.parent for p in runs_dir.glob("*/v*/summary.json")}
+    study_dir = next((runs_dir / "studies").glob("*/v1"))
+    res = peftlab("study", "--continue", str(study_dir))
+    assert res.returncode == 0, res.stderr
+    completed = _completed(runs_dir)
+    assert len(completed) == 3 + 1
+    members = [(m["sweep"]["name"], m["sweep"]["member"]) for m in completed]
+    assert len(set(members)) == len(members)  # no member ran twice to completion
+    assert before <= {p.parent for p in runs_dir.glob("*/v*/summary.json")}  # finished runs kept as they were
+    again = peftlab("study", "--continue", str(study_dir))
+    assert again.returncode == 0 and len(_completed(runs_dir)) == 4  # nothing left: nothing runs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tune", "optimizer.lrx=1e-4,1e-3"], "unknown config key 'optimizer.lrx'"),
+    (["--tune", "optimizer.lr=interval(1e-2,1e-4)"], "is an empty range"),
+    (["--tune", LR, "--trials", "0"], "--trials 0 is not allowed"),
+    (["--tune", LR, "--seeds", "0"], "--seeds 0 is not allowed"),
+    (["seed=3", "--tune", LR], "a study sets the seeds itself"),
+    (["optimizer.lr=1e-3", "--tune", LR], "which --tune searches"),
+    (["--tune", LR, "--tune", "optimizer.lr=1,2"], "names a key twice"),
+    ([], "a study needs --tune"),
+])
+def test_bad_study_commands_exit_2_with_one_line_and_create_nothing(runs_dir, args, message):
+    res = peftlab("study", "model=tiny", "method=lora,pissa", *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
