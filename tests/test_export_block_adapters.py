@@ -4,7 +4,8 @@ PEFT loads on the original model and which reproduces the adapted model's output
 The CLI path (`peftlab export RUN --format peft`) is exercised for every method by
 tests/test_export.py; here the same export function runs in-process on a tiny BERT, so the
 modes and options that the shipped YAMLs do not use are covered too. With ``--rank`` the
-same runs still export as a LoRA of the weight change, exact at its numerical rank.
+same runs still export as a LoRA of the weight change, exact at its numerical rank. The last
+test covers the LoRA form's rsLoRA and per-layer rank fields, which the default YAMLs do not reach.
 """
 
 from __future__ import annotations
@@ -135,3 +136,30 @@ def test_an_adapter_whose_function_peft_would_not_reproduce_falls_back_to_factor
     config, report = export(model, method, tmp_path / "out")
     assert report["path"] == "factorized" and config["peft_type"] == "LORA"
     torch.testing.assert_close(peft_logits(base, tmp_path / "out")[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_native_form_keeps_rslora_and_gives_other_ranks_a_pattern(tmp_path):
+    """rsLoRA is written as use_rslora with the run's alpha; a layer of another rank and scale goes
+    into PEFT's rank_pattern / alpha_pattern (alpha = scale x rank there, with PEFT's rsLoRA rule)."""
+    from peftlab.methods.lora import LoRA, LoRAAdapter
+
+    base = tiny_bert()
+    model = copy.deepcopy(base)
+    method = LoRA(rank=4, alpha=8, rslora=True, target_modules=TARGETS)
+    method.prepare(model, target_defaults=[], head_modules=["classifier"])
+    odd = "bert.encoder.layer.1.attention.self.value"
+    layer = adapted_layers(model)[odd]
+    layer.adapter = LoRAAdapter(32, 32, rank=2, scale=3.0)
+    layer.adapter.alpha, layer.adapter.rslora = 3.0 * 2 ** 0.5, True
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for adapted in adapted_layers(model).values():
+            for p in (adapted.adapter.lora_A, adapted.adapter.lora_B):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        expected = model(**batch()).logits
+        assert (expected - base(**batch()).logits).abs().max() > 1e-2
+    config, report = export(model, method, tmp_path / "out")
+    assert report["path"] == "native-lora" and config["use_rslora"] is True
+    assert (config["r"], config["lora_alpha"]) == (4, 8) and config["rank_pattern"] == {odd: 2}
+    assert config["alpha_pattern"] == {odd: pytest.approx(3.0 * 2 ** 0.5)}
+    torch.testing.assert_close(peft_logits(base, tmp_path / "out")[0], expected, atol=1e-5, rtol=1e-5)

@@ -69,7 +69,9 @@ class LoRAAdapter(Adapter):
         return self.lora_form({"lora_A", "lora_B"}, {})
 
     def lora_form(self, names: set[str], extra: dict[str, Tensor]) -> NativeForm | None:
-        """The LoRA form when the parameters are exactly ``names`` (and no persistent buffer); ``extra``: more tensors."""
+        """PEFT's LoRA form when the parameters are exactly ``names`` and no buffer is saved; ``extra``: more tensors.
+
+        Exact names, not isinstance: a subclass with more state (or a rewritten base) is not plain LoRA."""
         buffers = {n for n, _ in self.named_buffers(recurse=False)} - self._non_persistent_buffers_set
         if self.rewrites_base or buffers or {n for n, _ in self.named_parameters()} != names:
             return None

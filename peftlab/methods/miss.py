@@ -148,7 +148,8 @@ class MiSSAdapter(Adapter):
 
 
 def peft_miss_weight(weight: Tensor, tensors: dict[str, Tensor], fields: dict[str, Any]) -> Tensor:
-    """The weight PEFT's MiSS computes on W (peft/tuners/miss/layer.py: ``get_delta_weight_miss`` / ``get_delta_weight``)."""
+    """The weight PEFT's MiSS computes on W (peft/tuners/miss/layer.py, ``get_delta_weight_miss``;
+    ``get_delta_weight`` for bat)."""
     r, mode, (m, n) = fields["r"], fields["init_weights"], weight.shape
     if mode == "bat":
         block = expect_shape(tensors, "miss_block", (m // r, r, r))
