@@ -1,17 +1,21 @@
-"""Export a trained run: as a Hugging Face PEFT LoRA adapter, or as a merged transformers checkpoint.
+"""Export a trained run: as a Hugging Face PEFT adapter, or as a merged transformers checkpoint.
 
 ``--format peft`` writes a folder that ``peft.PeftModel.from_pretrained(base, OUT)``
 loads on the ORIGINAL pretrained model (``AutoModelForSequenceClassification.from_pretrained``
 of the run's model with the run's label count). Two paths, chosen per run by what the
-adapters can do, never by the method's name:
+adapters say about themselves, never by the method's name:
 
-* native: every adapter is plain LoRA on the unchanged base weight (parameters exactly
-  ``lora_A`` / ``lora_B``, plus ``lora_magnitude`` for DoRA, a numeric ``scale``, no
-  persistent buffers, ``rewrites_base`` false) AND the PEFT formula for those
-  parameters reproduces ``adapter.merged_weight(W)``. Then the factors are written as
-  they are (DoRA's magnitude as ``lora_magnitude_vector``, ``use_dora`` true).
+* native: every adapter returns its PEFT form from ``Adapter.peft_native()``
+  (peftlab/methods/native.py): the PEFT type, its tensors under PEFT's key names, the
+  config fields it implies and PEFT's formula for the weight those tensors give on W.
+  Taken when no adapter rewrites the base weight, the config fields agree across layers
+  (LoRA's r and alpha may differ, through ``rank_pattern`` / ``alpha_pattern``), and
+  PEFT's formula reproduces ``adapter.merged_weight(W)`` on every layer. Today: LoRA
+  (and EVA, rsLoRA), DoRA (``use_dora``), MiSS in its three modes (``init_weights``
+  true / ``mini`` / ``bat``) and RandLoRA (``save_projection``: the shared bases are
+  written, so a load never regenerates them).
 * factorised: everything else (PiSSA, MiLoRA, OLoRA, SORSA, SVFit, SALT, any future
-  adapter). The weight change of each layer is
+  adapter without a PEFT form), and every run exported with ``--rank``. The weight change of each layer is
 
       dW = adapter.merged_weight(base) - (the same inside method.reference(model))
 
@@ -65,8 +69,7 @@ REPORT_FILE = "export_report.json"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-#: the native path is taken only when PEFT's formula matches merged_weight() this closely (relative, fp32)
-NATIVE_TOLERANCE = 1e-5
+PEFT_SHARED_PREFIX = "base_model."  # tensors a PEFT tuner shares between layers (RandLoRA's bases)
 
 
 # --------------------------------------------------------------------------- output folder
@@ -190,56 +193,6 @@ def _write_json(path: Path, value: Any) -> None:
 # --------------------------------------------------------------------------- the weight change
 
 
-def _own_parameters(adapter: Adapter) -> dict[str, Tensor]:
-    return dict(adapter.named_parameters())
-
-
-def _persistent_buffers(adapter: Adapter) -> list[str]:
-    return [n for n, _ in adapter.named_buffers(recurse=False) if n not in adapter._non_persistent_buffers_set]
-
-
-def native_kind(adapter: Adapter) -> str | None:
-    """``"lora"`` / ``"dora"`` when the adapter has exactly PEFT's LoRA (or DoRA) parameters; else None.
-
-    Duck typing only: no class or method names. The result is a candidate; see
-    :func:`native_matches` for the numerical check.
-    """
-    if getattr(adapter, "rewrites_base", False) or _persistent_buffers(adapter):
-        return None
-    params = _own_parameters(adapter)
-    a, b, scale = params.get("lora_A"), params.get("lora_B"), getattr(adapter, "scale", None)
-    if a is None or b is None or isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        return None
-    if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
-        return None
-    if set(params) == {"lora_A", "lora_B"}:
-        return "lora"
-    magnitude = params.get("lora_magnitude")
-    if set(params) == {"lora_A", "lora_B", "lora_magnitude"} and magnitude.dim() == 1 and magnitude.numel() == b.shape[0]:
-        return "dora"
-    return None
-
-
-def peft_merged(kind: str, adapter: Adapter, weight: Tensor) -> Tensor:
-    """The weight PEFT computes from these parameters on the original W (fp32)."""
-    import torch
-
-    w = weight.detach().float()
-    direction = w + float(adapter.scale) * (adapter.lora_B.detach().float() @ adapter.lora_A.detach().float())
-    if kind == "lora":
-        return direction
-    return (adapter.lora_magnitude.detach().float() / torch.linalg.norm(direction, dim=1))[:, None] * direction
-
-
-def native_matches(kind: str, adapter: Adapter, weight: Tensor) -> bool:
-    import torch
-
-    with torch.no_grad():
-        expected = adapter.merged_weight(weight.float()).float()
-        got = peft_merged(kind, adapter, weight)
-    return bool(torch.linalg.norm(got - expected) <= NATIVE_TOLERANCE * torch.linalg.norm(expected).clamp(min=1e-30))
-
-
 def weight_change(model: nn.Module, method: Any, name: str, layer: AdaptedLinear) -> tuple[Tensor, Tensor]:
     """``(dW, W_ft)`` of one layer in fp32: merged fine-tuned minus merged pretrained (``method.reference``)."""
     import torch
@@ -334,41 +287,34 @@ def extra_trained_modules(model: nn.Module, head_names: Any = ()) -> dict[str, n
     return {n: model.get_submodule(n) for n in sorted(kept)}
 
 
-def _lora_hparams(method: Any, ranks: dict[str, int], scales: dict[str, float]) -> dict[str, Any]:
-    """r / lora_alpha / use_rslora (+ rank_pattern, alpha_pattern) that give each layer its rank and scale."""
+def _factorized(model: nn.Module, method: Any, layers: dict[str, AdaptedLinear],
+                rank: int | None) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every layer's weight change as SVD factors of a PEFT LoRA with lora_alpha = r (scale 1)."""
+    import torch
+
+    tensors: dict[str, Tensor] = {}
+    per_layer: dict[str, dict[str, Any]] = {}
+    for name, layer in layers.items():
+        delta, fine_tuned = weight_change(model, method, name, layer)
+        k = rank if rank is not None else default_rank(layer.adapter)
+        b, a, info = factorize(delta, float(torch.linalg.norm(fine_tuned)), k)
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
+        per_layer[name] = info
+    ranks = {n: v["rank"] for n, v in per_layer.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
-    alpha, rslora = getattr(method, "alpha", None), getattr(method, "rslora", None)
-    if (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and isinstance(rslora, bool)
-            and all(math.isclose(alpha / (math.sqrt(ranks[n]) if rslora else ranks[n]), scales[n], rel_tol=1e-9)
-                    for n in ranks)):
-        # The method's own alpha and scaling rule reproduce every layer's scale: write them as they are.
-        alphas = {n: alpha for n in ranks}
-        lora_alpha = alpha
-    else:
-        rslora = False
-        alphas = {n: scales[n] * ranks[n] for n in ranks}
-        lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
-    return {
-        "r": int(r),
-        "lora_alpha": float(lora_alpha) if not float(lora_alpha).is_integer() else int(lora_alpha),
-        "use_rslora": bool(rslora),
-        "rank_pattern": {n: int(k) for n, k in ranks.items() if k != r},
-        "alpha_pattern": {n: a for n, a in alphas.items() if a != lora_alpha},
-    }
-
-
-def _dropout_of(adapter: Adapter) -> float:
-    from torch import nn
-
-    drop = getattr(adapter, "dropout", None)
-    return float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
+    config = {"peft_type": "LORA", "r": int(r), "lora_alpha": int(r), "use_rslora": False,
+              "rank_pattern": {n: k for n, k in ranks.items() if k != r},
+              "alpha_pattern": {n: k for n, k in ranks.items() if k != r},
+              "lora_dropout": 0.0, "use_dora": False, "bias": "none", "fan_in_fan_out": False,
+              "init_lora_weights": True}
+    return tensors, config, per_layer
 
 
 def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-    """``(tensors, adapter_config, report)`` of a PEFT LoRA adapter equivalent to the trained model."""
-    import torch
-
+    """``(tensors, adapter_config, report)`` of a PEFT adapter equivalent to the trained model."""
     from peftlab.methods.base import adapted_layers
+    from peftlab.methods.native import native_export
 
     model, method = exp.model, exp.method
     layers = adapted_layers(model)
@@ -377,61 +323,32 @@ def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Ten
     for layer in layers.values():
         layer.unmerge()
     heads = extra_trained_modules(model, exp.loaded.head_modules)
-    kinds = {n: native_kind(layer.adapter) for n, layer in layers.items()}
-    native = (rank is None and len(set(kinds.values())) == 1 and None not in kinds.values()
-              and all(native_matches(kinds[n], layer.adapter, layer.base.weight) for n, layer in layers.items()))
-    tensors: dict[str, Tensor] = {}
-    per_layer: dict[str, dict[str, Any]] = {}
-    if native:
-        kind = next(iter(kinds.values()))
-        ranks, scales = {}, {}
-        for name, layer in layers.items():
-            ad = layer.adapter
-            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = ad.lora_A.detach()
-            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = ad.lora_B.detach()
-            if kind == "dora":
-                tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = ad.lora_magnitude.detach()
-            ranks[name], scales[name] = int(ad.lora_A.shape[0]), float(ad.scale)
-            per_layer[name] = {"rank": ranks[name], "numerical_rank": None, "relative_error": 0.0, "exact": True}
-        hparams = _lora_hparams(method, ranks, scales)
-        dropout = max(_dropout_of(layer.adapter) for layer in layers.values())
+    native = native_export(layers) if rank is None else None
+    if native is not None:
+        layer_tensors, shared, fields, kind = native
+        tensors = {f"{PEFT_PREFIX}{key}": value for key, value in layer_tensors.items()}
+        tensors.update({f"{PEFT_SHARED_PREFIX}{key}": value for key, value in shared.items()})
+        pattern = fields.get("rank_pattern", {})
+        per_layer = {n: {"rank": pattern.get(n, fields.get("r")), "numerical_rank": None, "relative_error": 0.0,
+                         "exact": True} for n in layers}
         path = f"native-{kind}"
     else:
-        kind = "lora"
-        ranks = {}
-        for name, layer in layers.items():
-            delta, fine_tuned = weight_change(model, method, name, layer)
-            k = rank if rank is not None else default_rank(layer.adapter)
-            b, a, info = factorize(delta, float(torch.linalg.norm(fine_tuned)), k)
-            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
-            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
-            ranks[name] = info["rank"]
-            per_layer[name] = info
-        # lora_alpha = r on every layer: scale 1, the factors hold dW itself.
-        r = Counter(ranks.values()).most_common(1)[0][0]
-        hparams = {"r": int(r), "lora_alpha": int(r), "use_rslora": False,
-                   "rank_pattern": {n: k for n, k in ranks.items() if k != r},
-                   "alpha_pattern": {n: k for n, k in ranks.items() if k != r}}
-        dropout = 0.0
+        tensors, fields, per_layer = _factorized(model, method, layers, rank)
         path = "factorized"
     for hname, module in heads.items():
         for key, value in module.state_dict().items():
             tensors[f"{PEFT_PREFIX}{hname}.{key}"] = value.detach()
-    tensors = {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+    # cloned: a tensor saved under several keys (RandLoRA's bases) must not share memory in safetensors
+    tensors = {k: v.to("cpu").clone().contiguous() for k, v in tensors.items()}
     config = {
-        "peft_type": "LORA",
+        "peft_type": fields.pop("peft_type"),
         "task_type": exp.task.peft_task_type,
         "base_model_name_or_path": exp.loaded.source,
         "revision": exp.cfg.model.get("revision") if "model" in exp.cfg else None,
         "target_modules": sorted(layers),
         "modules_to_save": sorted(heads) or None,
-        "lora_dropout": dropout,
-        "use_dora": kind == "dora",
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
         "inference_mode": True,
-        **hparams,
+        **fields,
     }
     errors = [v["relative_error"] for v in per_layer.values()]
     report = {
@@ -440,7 +357,7 @@ def peft_export(exp: Experiment, rank: int | None = None) -> tuple[dict[str, Ten
         "exact": all(v["exact"] for v in per_layer.values()),
         "max_relative_error": max(errors),
         "mean_relative_error": sum(errors) / len(errors),
-        "rank": hparams["r"],
+        "rank": config.get("r"),
         "layers": per_layer,
     }
     return tensors, config, report

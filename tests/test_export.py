@@ -9,7 +9,7 @@ or ``AutoModelForSequenceClassification.from_pretrained`` of the merged folder.
 The encoder's last hidden state and the logits are compared with the run's own
 model rebuilt by ``load_trained`` on 16 real test examples.
 
-Tolerances: exact exports (native LoRA/DoRA factors, or a weight change whose rank
+Tolerances: exact exports (native LoRA/DoRA/MiSS/RandLoRA parameters, or a weight change whose rank
 fits the exported rank) and merged exports must match to ``ATOL = 1e-4``
 (measured: <= 1e-6 in hidden states, <= 1e-7 in logits), while the adapters move
 the hidden state by 1.4e-3 (AdaLoRA, whose Lambda starts at 0 and P, Q at N(0, 0.02))
@@ -171,17 +171,20 @@ def test_peft_export_loads_on_the_original_base_and_reproduces_the_run(lab, meth
         write_peft(exp, runs.resolve(method, lab["root"]).path, folder)
     config = json.loads((folder / "adapter_config.json").read_text())
     report = json.loads((folder / "export_report.json").read_text())
-    assert config["peft_type"] == "LORA" and config["task_type"] == "SEQ_CLS"
+    assert config["task_type"] == "SEQ_CLS"
     assert config["modules_to_save"] == ["classifier"]  # the trained head travels with the adapter
     assert Path(config["base_model_name_or_path"]) == lab["base"].resolve()
     diff = _peft_gap(lab, folder, batch, expected)
     if report["path"] == "factorized":
         _check_reported_errors(exp, folder, report)
-    if report["path"].startswith("native"):
-        assert config["use_dora"] == (report["path"] == "native-dora")
+    if report["path"] in ("native-lora", "native-dora"):
+        assert config["peft_type"] == "LORA" and config["use_dora"] == (report["path"] == "native-dora")
         assert config["r"] == exp.method.rank and config["lora_alpha"] == exp.method.alpha
         assert config["use_rslora"] == exp.method.rslora
+    elif report["path"].startswith("native-"):  # another PEFT tuner (MiSS, RandLoRA), holding the adapter as it is
+        assert config["peft_type"] == report["path"].removeprefix("native-").upper() and report["exact"]
     else:
+        assert config["peft_type"] == "LORA"
         assert config["lora_alpha"] == config["r"] and not config["use_dora"]  # scale 1
     if report["exact"]:
         assert report["max_relative_error"] < 1e-5, report["max_relative_error"]
@@ -220,7 +223,8 @@ def test_layers_of_different_rank_get_a_rank_pattern(lab, tmp_path):
 
 
 def test_lora_like_runs_export_natively_and_svd_methods_exactly(lab):
-    """LoRA / DoRA write their own factors; PiSSA-style changes s(BA - B0A0) fit rank 2r exactly."""
+    """LoRA / DoRA / MiSS / RandLoRA write their own parameters; PiSSA-style changes s(BA - B0A0),
+    whose base weight is rewritten, go factorised and fit rank 2r exactly."""
     from peftlab.experiment import load_trained
     from peftlab.export import peft_export
 
@@ -235,6 +239,9 @@ def test_lora_like_runs_export_natively_and_svd_methods_exactly(lab):
         assert paths["lora"]["path"] == "native-lora"
     if "dora" in paths:
         assert paths["dora"]["path"] == "native-dora"
+    for m in ("miss", "randlora"):  # PEFT's own MiSS / RandLoRA (all modes: tests/test_export_block_adapters.py)
+        if m in paths:
+            assert paths[m]["path"] == f"native-{m}" and paths[m]["exact"]
     for m in ("pissa", "milora", "olora", "sorsa", "svfit"):
         if m in paths:
             assert paths[m]["path"] == "factorized" and paths[m]["exact"], (m, paths[m]["max_relative_error"])

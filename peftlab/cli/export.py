@@ -66,7 +66,8 @@ def _export(target, out_path, fmt: str, rank: Optional[int], force: bool) -> Non
         return
     report = write_peft(exp, target.path, out_path, rank=rank, force=force)
     how = {"native-lora": "LoRA factors as trained", "native-dora": "DoRA factors and magnitudes as trained",
-           "factorized": "SVD factors of each layer's weight change"}[report["path"]]
+           "factorized": "SVD factors of each layer's weight change"}.get(
+        report["path"], f"{report['path'].removeprefix('native-')} parameters as trained")
     say(f"PEFT adapter ({how}): r={report['rank']}, {len(report['layers'])} layers; relative error "
         f"max {report['max_relative_error']:.2e}, mean {report['mean_relative_error']:.2e}"
         + ("" if report["exact"] else " (truncated: raise --rank for a closer export)"))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftlab.errors import UserError
+from peftlab.methods.native import NativeForm
 
 
 class Adapter(nn.Module):
@@ -111,6 +112,10 @@ class Adapter(nn.Module):
         W itself (DoRA's rescaling, Bone's block-affine mode) override it.
         """
         return self.delta_weight()
+
+    def peft_native(self) -> NativeForm | None:
+        """This layer as a Hugging Face PEFT tuner stores it, or None: export then writes a LoRA of its change."""
+        return None
 
     # -- merging ----------------------------------------------------------------
     def merged_weight(self, weight: Tensor) -> Tensor:

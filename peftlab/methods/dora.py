@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter
 from peftlab.methods.lora import LoRA, LoRAAdapter
+from peftlab.methods.native import NativeForm
 
 
 class DoRAAdapter(LoRAAdapter):
@@ -54,6 +55,10 @@ class DoRAAdapter(LoRAAdapter):
 
     def expected_trainable(self) -> int:
         return self.rank * (self.in_features + self.out_features) + self.out_features
+
+    def peft_native(self) -> NativeForm | None:
+        """PEFT's ``use_dora`` LoRA: the factors, and the magnitude as ``lora_magnitude_vector``."""
+        return self.lora_form({"lora_A", "lora_B", "lora_magnitude"}, {"lora_magnitude_vector": self.lora_magnitude})
 
     def weight_norm(self, weight: Tensor) -> Tensor:
         """``||W + s B A||`` per output row; outside the autograd graph when ``detach_norm``.

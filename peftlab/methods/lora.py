@@ -23,10 +23,15 @@ from torch import Tensor, nn
 
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, check_rank, positive_int, probability
+from peftlab.methods.native import NativeForm, expect_shape, json_number
 
 
 class LoRAAdapter(Adapter):
     """``s * B A`` on a frozen W; parameter names match PEFT's lora_A / lora_B."""
+
+    #: the method's alpha and rsLoRA switch behind ``scale`` (set by LoRA.make_adapter), for PEFT's config
+    alpha: float | None = None
+    rslora: bool = False
 
     def __init__(self, in_features: int, out_features: int, rank: int, scale: float,
                  dropout: float = 0.0, init: str = "kaiming"):
@@ -59,9 +64,44 @@ class LoRAAdapter(Adapter):
     def factors(self) -> tuple[Tensor, Tensor]:
         return self.lora_B, self.lora_A
 
+    def peft_native(self) -> NativeForm | None:
+        """PEFT's LoRA: ``lora_A`` / ``lora_B`` as they are, when they are all the adapter has."""
+        return self.lora_form({"lora_A", "lora_B"}, {})
+
+    def lora_form(self, names: set[str], extra: dict[str, Tensor]) -> NativeForm | None:
+        """PEFT's LoRA form when the parameters are exactly ``names`` and no buffer is saved; ``extra``: more tensors.
+
+        Exact names, not isinstance: a subclass with more state (or a rewritten base) is not plain LoRA."""
+        buffers = {n for n, _ in self.named_buffers(recurse=False)} - self._non_persistent_buffers_set
+        if self.rewrites_base or buffers or {n for n, _ in self.named_parameters()} != names:
+            return None
+        alpha, rslora = self.alpha, self.rslora
+        if alpha is None or not math.isclose(alpha / (math.sqrt(self.rank) if rslora else self.rank), self.scale,
+                                             rel_tol=1e-9):
+            alpha, rslora = self.scale * self.rank, False  # the same scale with PEFT's plain alpha / r
+        drop = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        return NativeForm(
+            peft_type="LORA", kind="dora" if extra else "lora", formula=peft_lora_weight,
+            tensors={"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B, **extra},
+            config={"use_rslora": rslora, "use_dora": bool(extra), "lora_dropout": drop, "bias": "none",
+                    "fan_in_fan_out": False, "init_lora_weights": True},
+            patterned={"r": ("rank_pattern", self.rank), "lora_alpha": ("alpha_pattern", json_number(alpha))})
+
     def delta_forward(self, x: Tensor) -> Tensor:
         # Two thin matmuls (r-wide) instead of materialising the m x n update.
         return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+
+def peft_lora_weight(weight: Tensor, tensors: dict[str, Tensor], fields: dict[str, Any]) -> Tensor:
+    """The weight PEFT's LoRA computes on W (peft/tuners/lora/layer.py; DoRA's rescaling with ``use_dora``)."""
+    r, (m, n) = fields["r"], weight.shape
+    scale = fields["lora_alpha"] / (math.sqrt(r) if fields["use_rslora"] else r)
+    direction = weight + scale * (expect_shape(tensors, "lora_B.weight", (m, r))
+                                  @ expect_shape(tensors, "lora_A.weight", (r, n)))
+    if not fields["use_dora"]:
+        return direction
+    magnitude = expect_shape(tensors, "lora_magnitude_vector", (m,))
+    return (magnitude / torch.linalg.norm(direction, dim=1))[:, None] * direction
 
 
 class LoRA(AdapterMethod):
@@ -89,5 +129,7 @@ class LoRA(AdapterMethod):
 
     def make_adapter(self, layer: nn.Linear, name: str) -> Adapter:
         check_rank(self.rank, layer, name)
-        return self.adapter_class(layer.in_features, layer.out_features, self.rank, self.scale,
-                                  self.dropout, self.init)
+        adapter = self.adapter_class(layer.in_features, layer.out_features, self.rank, self.scale,
+                                     self.dropout, self.init)
+        adapter.alpha, adapter.rslora = self.alpha, self.rslora
+        return adapter

@@ -45,8 +45,11 @@ from torch import Tensor, nn
 
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, positive_int, probability
+from peftlab.methods.native import NativeForm, expect_shape
 
 MODES = ("miss", "mini", "bat")
+#: PEFT's ``init_weights`` of each mode
+PEFT_MODES = {"miss": True, "mini": "mini", "bat": "bat"}
 
 
 class MiSSAdapter(Adapter):
@@ -131,9 +134,36 @@ class MiSSAdapter(Adapter):
         w = torch.linalg.solve(eye + b, self.blocks(merged.float()) - b, left=False)
         return self.from_blocks(w).to(merged.dtype)
 
+    def peft_native(self) -> NativeForm:
+        """PEFT's MiSS: ``miss_block`` as it is; the mode is PEFT's ``init_weights``."""
+        drop = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        return NativeForm(peft_type="MISS", kind="miss", tensors={"miss_block": self.miss_block},
+                          config={"r": self.block_rank, "init_weights": PEFT_MODES[self.mode], "mini_r": self.mini_rank,
+                                  "miss_dropout": drop, "bias": "none"},
+                          formula=peft_miss_weight)
+
     def extra_repr(self) -> str:
         mini = f", mini_rank={self.mini_rank}" if self.mode == "mini" else ""
         return f"mode={self.mode}, rank={self.block_rank}{mini}"
+
+
+def peft_miss_weight(weight: Tensor, tensors: dict[str, Tensor], fields: dict[str, Any]) -> Tensor:
+    """The weight PEFT's MiSS computes on W (peft/tuners/miss/layer.py, ``get_delta_weight_miss``;
+    ``get_delta_weight`` for bat)."""
+    r, mode, (m, n) = fields["r"], fields["init_weights"], weight.shape
+    if mode == "bat":
+        block = expect_shape(tensors, "miss_block", (m // r, r, r))
+        w = weight.reshape(m // r, r, n // r, r).permute(2, 0, 1, 3)  # [column block, row block]
+        return (w + w @ block + block).permute(1, 2, 0, 3).reshape(m, n)
+    if mode == "mini":
+        block = expect_shape(tensors, "miss_block", (r, fields["mini_r"])).repeat(1, m // fields["mini_r"])
+    else:
+        block = expect_shape(tensors, "miss_block", (r, m))
+    out = weight.clone()
+    for start in range(0, n, r):  # every column block gets block^T (a last partial one its first columns)
+        width = min(r, n - start)
+        out[:, start:start + width] += block.T[:, :width]
+    return out
 
 
 class MiSS(AdapterMethod):

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, positive_int, probability, select_modules
+from peftlab.methods.native import NativeForm, expect_shape, json_number
 
 BASES = ("dense", "sparse", "very_sparse")
 
@@ -72,6 +73,7 @@ class SharedBases(nn.Module):
 
     def __init__(self, rank: int, small: int, large: int, seed: int, kind: str = "dense"):
         super().__init__()
+        self.seed, self.kind = seed, kind
         generator = torch.Generator(device="cpu").manual_seed(seed)
         count = math.ceil(small / rank)
         if kind == "dense":
@@ -135,6 +137,35 @@ class RandLoRAAdapter(Adapter):
     def delta_forward(self, x: Tensor) -> Tensor:
         first, second = self.projections()
         return F.linear(F.linear(self.dropout(x), first), second) * self.scale
+
+    def peft_native(self) -> NativeForm:
+        """PEFT's RandLoRA with ``save_projection``: Lambda, Gamma and the whole shared bases, which PEFT
+        saves once under ``base_model.`` and once more in every layer, so a load never regenerates them."""
+        bases = {"randlora_A": self.bases.A, "randlora_B": self.bases.B}
+        drop = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        return NativeForm(
+            peft_type="RANDLORA", kind="randlora", formula=peft_randlora_weight, shared=bases,
+            tensors={"randlora_lambda": self.randlora_lambda, "randlora_gamma": self.randlora_gamma, **bases},
+            config={"r": self.basis_rank, "randlora_alpha": json_number(self.scale * self.basis_rank),
+                    "projection_prng_key": self.bases.seed, "save_projection": True,
+                    "sparse": self.bases.kind == "sparse", "very_sparse": self.bases.kind == "very_sparse",
+                    "randlora_dropout": drop, "bias": "none", "fan_in_fan_out": False, "init_weights": True})
+
+
+def peft_randlora_weight(weight: Tensor, tensors: dict[str, Tensor], fields: dict[str, Any]) -> Tensor:
+    """The weight PEFT's RandLoRA computes on W (peft/tuners/randlora/layer.py, ``get_delta_weight``)."""
+    r, (m, n) = fields["r"], weight.shape
+    small, large = min(m, n), max(m, n)
+    count = math.ceil(small / r)
+    lam = expect_shape(tensors, "randlora_lambda", (r, count))
+    gamma = expect_shape(tensors, "randlora_gamma", (count, small))
+    a, b = tensors["randlora_A"].float(), tensors["randlora_B"].float()
+    if a.shape[0] != r or a.shape[2] < small or b.shape[0] < large or b.shape[1] < count or b.shape[2] != r:
+        raise ValueError(f"bases of shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit a {m}x{n} layer at r={r}")
+    update_a = (lam[:, :, None] * a[:, :count, :small] * gamma[None]).flatten(end_dim=1)  # r N x small
+    update_b = b[:large, :count].flatten(start_dim=1)  # large x N r
+    delta = update_b @ update_a  # large x small
+    return weight + fields["randlora_alpha"] / r * (delta if m >= n else delta.T)
 
 
 class RandLoRA(AdapterMethod):
