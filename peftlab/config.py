@@ -199,6 +199,7 @@ class TrainerSchema:
     nonfinite: str = "fail"
     max_consecutive_skips: int = 10
     gradient_checkpointing: bool = False
+    log_with: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Evaluation of a sequence classifier on one split: loss, accuracy, macro-F1.
+"""Evaluation of a sequence classifier on one split: loss, accuracy, macro-F1, per class, predictions.
 
 Counts are accumulated on the device and read back once at the end, so an
 evaluation pass costs one host synchronisation.
@@ -33,16 +33,20 @@ def evaluate(model: nn.Module, loader: Any, num_labels: int, device: Any = None)
 
 
 @torch.no_grad()
-def count(model: nn.Module, loader: Any, num_labels: int, device: Any = None) -> tuple[torch.Tensor, float]:
+def count(model: nn.Module, loader: Any, num_labels: int, device: Any = None,
+          predictions: list | None = None) -> tuple[torch.Tensor, float]:
     """(confusion matrix ``[true, predicted]`` on the CPU, summed cross-entropy) over the whole loader.
 
-    Both add up over parts of a split, so parts evaluated apart combine exactly.
+    Both add up over parts of a split, so parts evaluated apart combine exactly. When
+    ``predictions`` is a list, each example's ``(label, prediction, class probabilities)``
+    is appended to it, in loader order (read back once, at the end).
     """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(num_labels, num_labels, device=device, dtype=torch.long)
+    kept = []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)
@@ -50,9 +54,26 @@ def count(model: nn.Module, loader: Any, num_labels: int, device: Any = None) ->
         loss_sum += nn.functional.cross_entropy(out.logits.float(), labels, reduction="sum").double()
         pred = out.logits.argmax(-1)
         confusion += torch.bincount(labels * num_labels + pred, minlength=num_labels**2).view(num_labels, num_labels)
+        if predictions is not None:
+            kept.append((labels, pred, out.logits.float().softmax(-1)))
     if was_training:
         model.train()
+    if predictions is not None and kept:
+        labels, preds, probs = (torch.cat(t).cpu() for t in zip(*kept))
+        predictions.extend(zip(labels.tolist(), preds.tolist(), probs.tolist()))
     return confusion.cpu(), float(loss_sum.cpu())
+
+
+def per_class(confusion: torch.Tensor, labels: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class from a confusion matrix ``[true, predicted]``."""
+    out = {}
+    for i, name in enumerate(labels):
+        tp, predicted, actual = int(confusion[i, i]), int(confusion[:, i].sum()), int(confusion[i].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    return out
 
 
 def metrics_from(confusion: torch.Tensor, loss_sum: float) -> dict[str, float]:

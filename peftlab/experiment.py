@@ -280,3 +280,15 @@ def load_trained(run_path: Path, *, with_data: bool = False) -> Experiment:
     exp = build_experiment(cfg, with_data=with_data, labels=info["labels"])
     read_trained(exp, folder, f"adapter of '{run_path}'")
     return exp
+
+
+def load_trained_on(run_path: Path, dataset: DictConfig, name: str) -> Experiment:
+    """A run's trained model with the splits of another dataset (``dataset``: a dataset config node).
+
+    The model is rebuilt exactly as :func:`load_trained` does (a data-driven method's
+    calibration still reads the run's own data); only the evaluated splits change.
+    """
+    exp = load_trained(run_path)
+    raw = exp.task.adopt(build(dataset, seed=int(exp.cfg.seed)), name)
+    splits = exp.task.tokenize(raw, exp.loaded.tokenizer, exp.loaded.max_length)
+    return dataclasses.replace(exp, splits=splits)

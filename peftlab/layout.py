@@ -22,6 +22,7 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step_"  # checkpoints/step_NNNNNNN; a .tmp suffix while it is being written
 BEST_DIR = "best"
 GENERATIONS_DIR = "generations"
+PREDICTIONS_DIR = "predictions"  # a classifier's prediction per example, per evaluated split and step
 
 # ---- a sweep folder: <root>/sweeps/<name>/v<N>/
 SWEEPS_DIR = "sweeps"

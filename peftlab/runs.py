@@ -15,6 +15,7 @@ names: :mod:`peftlab.layout`). Layout::
       adapter/        trained weights of the selected checkpoint
       best/           the best-validation weights while training (trainer.select=best)
       generations/    what a generative task's model said, per split and step
+      predictions/    what a classifier predicted for each example (text, label, prediction, scores), per split and step
       checkpoints/    resumable state (see peftlab.checkpoints)
       analysis.json   spectral diagnostics (peftlab analyze, or analysis=spectral)
       ranks.json      {"ranks": {module: rank}}: the rank each matrix ended with, for methods

@@ -139,6 +139,9 @@ def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Owner
 
 def _build(cfg: DictConfig) -> Experiment:
     """Seeded build of data, model and method; every user mistake there surfaces before a folder exists."""
+    from peftlab import trackers
+
+    trackers.check(list(cfg.trainer.get("log_with") or []))
     if cfg.trainer.precision == "fp16" and (cfg.trainer.cpu or not torch.cuda.is_available()):
         raise UserError("trainer.precision=fp16 needs a GPU: use trainer.precision=bf16 or fp32 on the CPU")
     torch.manual_seed(int(cfg.seed))

@@ -33,8 +33,9 @@ import time
 from typing import Any, Callable, Iterator
 
 import torch
+from omegaconf import OmegaConf
 
-from peftlab import checkpoints, runs, stopping
+from peftlab import checkpoints, runs, stopping, trackers
 from peftlab.data.order import batch_order
 from peftlab.evaluate import make_loader
 from peftlab.experiment import Experiment, count_parameters, frozen_fingerprint, read_trained, save_adapter
@@ -136,7 +137,12 @@ class Trainer:
         self.writes = procs.is_main
         t = self.cfg.trainer
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision]
-        self.accelerator = Accelerator(cpu=procs.cpu, mixed_precision=precision, gradient_accumulation_steps=int(t.grad_accum))
+        self.trackers = [str(n) for n in t.get("log_with") or []]
+        self.accelerator = Accelerator(cpu=procs.cpu, mixed_precision=precision, gradient_accumulation_steps=int(t.grad_accum),
+                                       **trackers.accelerator_options(self.trackers, run.path))
+        if self.writes:
+            trackers.start(self.accelerator, self.trackers, run.path, run.label,
+                           OmegaConf.to_container(self.cfg, resolve=True))
         # Every setting the loop reads, read once here: no config lookups per step.
         self.max_steps, self.accum = int(t.max_steps), int(t.grad_accum)
         self.log_every, self.eval_every = int(t.log_every), int(t.eval_every)
@@ -157,6 +163,7 @@ class Trainer:
         self.guard = Guard(str(t.nonfinite), int(t.max_consecutive_skips), device)
         self.log = IntervalLog(device)
         self.step, self.best, self.train_time, self.tokens_seen = 0, None, 0.0, 0
+        self.details: dict[str, dict] = {}  # the latest evaluation details per split (see _evaluate)
         self.last_checkpoint: checkpoints.Checkpoint | None = None
         self.fingerprint: str | None = None  # of the frozen weights, computed at the first checkpoint
         if checkpoint is not None:
@@ -217,7 +224,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str, name: str | None = None) -> dict[str, float]:
-        """The task's metrics on ``split``; what it generated goes to ``generations/<name>.jsonl``.
+        """The task's metrics on ``split``; its per-example outputs go to ``<task.outputs_folder>/<name>.jsonl``.
 
         Each process measures its own contiguous part of the split; the parts are combined
         in order, so every process gets the metrics of the whole split, no example twice.
@@ -231,7 +238,8 @@ class Trainer:
         if result.rows and self.writes:
             from peftlab.evaluate_lm import write_generations
 
-            write_generations(result.rows, self.run.generations_dir / f"{name or split}.jsonl")
+            write_generations(result.rows, self.run.path / self.task.outputs_folder / f"{name or split}.jsonl")
+        self.details[split] = result.details  # the latest pass's: for test, the selected checkpoint's
         return result.metrics
 
     def _improves(self, metrics: dict) -> bool:
@@ -251,7 +259,7 @@ class Trainer:
         self.guard.check(self.max_steps)
         metrics = self._evaluate("validation", f"validation-{checkpoints.folder_name(self.step)}")
         if self.writes:
-            self.run.append_metrics({"step": self.step, "split": "validation", **metrics})
+            self._record({"step": self.step, "split": "validation", **metrics})
         if self._improves(metrics):
             self.best = {"step": self.step, **metrics}
             if self.select == "best" and self.writes:
@@ -366,13 +374,18 @@ class Trainer:
         self.accelerator.unscale_gradients()
         return None
 
+    def _record(self, record: dict) -> None:
+        """One metrics line: to metrics.jsonl, and to the trackers (``trainer.log_with``). Main process only."""
+        self.run.append_metrics(record)
+        trackers.log(self.accelerator, self.trackers, record)
+
     def _after_step(self, terms: dict[str, torch.Tensor]) -> None:
         step = self.step
         if step % self.log_every == 0 or step == self.max_steps:
             record, tokens = self.log.record(step, self.scheduler.get_last_lr()[0])
             self.tokens_seen += tokens
             if self.writes:
-                self.run.append_metrics(record)
+                self._record(record)
             self.guard.check(self.max_steps)
             self.progress.logged(step, record)
         else:
@@ -396,7 +409,7 @@ class Trainer:
             return None
         selected_step, test, note = self._select(final_test)
         if self.writes:
-            self.run.append_metrics({"step": selected_step, "split": "test", **test})
+            self._record({"step": selected_step, "split": "test", **test})
         trainable, total = count_parameters(self.exp.model)
         summary = {
             "metric": self.metric,
@@ -424,6 +437,10 @@ class Trainer:
             summary["data"] = self.task.data_report
         if note:
             summary["selection_note"] = note
+        if self.details.get("test"):
+            summary["test_details"] = self.details["test"]
+        if self.writes:
+            trackers.end(self.accelerator, self.trackers)
         return summary
 
     def _select(self, final_test: dict) -> tuple[int, dict, str | None]:

@@ -95,3 +95,12 @@ def test_every_launch_line_runs_a_train_command_that_composes():
     assert len(launched) >= 4
     for tail in launched:
         compose([a for a in shlex.split(tail) if not a.startswith("-")])
+
+
+def test_the_study_folder_the_readme_compares_is_the_one_the_readme_study_makes(runs_dir):
+    study = next(a for a in commands() if a[1] == "study" and "--tune" in a)
+    compare = next(a for a in commands() if a[1] == "compare" and "runs/studies/" in a[2])
+    res = peftlab(*study[1:], "--dry-run")
+    assert res.returncode == 0, res.stderr
+    made = res.stdout.strip().splitlines()[-1].partition("study folder: ")[2]
+    assert made.endswith(compare[2].replace("runs/studies/", "studies/").replace("/v1", "/v<N>"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ SPLITS = ("test", "validation", "train")
 @app.command("eval")
 def eval_command(
     path: str = typer.Argument(..., help="a run (folder, name or name/vN) or an exported folder (merged model or PEFT adapter)"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="another dataset to evaluate a run on: dataset=NAME and dataset.* overrides "
+        "(a classifier's dataset must have the run's classes)"),
     split: str = typer.Option("test", "--split", help="test | validation | train"),
     run: Optional[str] = typer.Option(None, "--run", help="for an exported folder: the run whose data to use "
                                       "(default: the run recorded in the folder's peftlab_export.json)"),
@@ -40,14 +43,17 @@ def eval_command(
     from peftlab.export import is_model_folder, is_peft_folder
 
     if folder.is_dir() and (is_model_folder(folder) or is_peft_folder(folder)):
+        if overrides:
+            raise UserError(f"'{overrides[0]}': another dataset is for runs; an exported folder uses its run's data")
         metrics = _evaluate_export(folder, run, root, split, batch_size)
         label = str(folder)
     else:
         if run is not None:
-            raise UserError("--run is for exported folders; a run is evaluated on its own data")
+            raise UserError("--run is for exported folders; a run is evaluated on its own data or dataset=...")
         target = runs.resolve(path, root)
-        metrics = _evaluate_run(target, split, batch_size)
-        label = target.label
+        dataset = _dataset_node(list(overrides or []))
+        metrics = _evaluate_run(target, split, batch_size, dataset, _dataset_label(overrides or []))
+        label = target.label + (f" on dataset {_dataset_label(overrides)}" if dataset is not None else "")
     if as_json:
         print(runs.to_json({"split": split, **metrics}))
         return
@@ -85,12 +91,36 @@ def _run_config(run: str, root):
     return cfg
 
 
-def _evaluate_run(target, split: str, batch_size: Optional[int]) -> dict:
-    """A run's own trained model, on its own data."""
+def _dataset_node(overrides: List[str]):
+    """The dataset config node ``dataset=...`` / ``dataset.*`` overrides compose to; None without any."""
+    from peftlab.config import compose
+    from peftlab.errors import UserError
+    from peftlab.sweep.planning import key_of
+
+    if not overrides:
+        return None
+    for o in overrides:
+        key = key_of(o)
+        if key != "dataset" and not key.startswith("dataset."):
+            raise UserError(f"'{o}': peftlab eval takes only dataset=... and dataset.* overrides (the model is the run's)")
+    if not any(key_of(o) == "dataset" for o in overrides):
+        raise UserError("name the dataset to evaluate on: dataset=NAME (then dataset.* options if it needs them)")
+    return compose(overrides).dataset
+
+
+def _dataset_label(overrides) -> str:
+    return " ".join(o.partition("=")[2] if o.startswith("dataset=") else o for o in overrides)
+
+
+def _evaluate_run(target, split: str, batch_size: Optional[int], dataset=None, dataset_label: str = "") -> dict:
+    """A run's own trained model, on its own data (or on ``dataset``, a dataset config node)."""
     check_trained(target)  # before torch: a damaged folder is one line, not a library's traceback
-    from peftlab.experiment import load_trained
+    from peftlab.experiment import load_trained, load_trained_on
     from peftlab.export import evaluate_split
 
-    exp = load_trained(target.path, with_data=True)
+    if dataset is not None:
+        exp = load_trained_on(target.path, dataset, dataset_label)
+    else:
+        exp = load_trained(target.path, with_data=True)
     return evaluate_split(exp.task, exp.model, exp.tokenizer, exp.splits, split,
                           batch_size or int(exp.cfg.trainer.eval_batch_size))

@@ -204,6 +204,27 @@ def _ranks(run: store.Run) -> None:
     console.print(table)
 
 
+def _per_class(run: store.Run) -> None:
+    """Per-class precision / recall / F1 and the confusion matrix of the reported test (a classifier's)."""
+    details = (run.summary or {}).get("test_details")
+    if not isinstance(details, dict) or not details.get("per_class") or not details.get("confusion"):
+        return
+    labels, confusion = list(details["labels"]), details["confusion"]
+    _section("test per class (rows of the confusion matrix: true class; columns: predicted)")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("class", overflow="fold")
+    for header in ("precision", "recall", "f1", "support"):
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+    width = max(len(str(v)) for row in confusion for v in row)
+    for i in range(len(labels)):  # counts are never cut: the class names wrap first
+        table.add_column(str(i), justify="right", no_wrap=True, min_width=max(width, len(str(i))))
+    for i, label in enumerate(labels):
+        c = details["per_class"].get(label, {})
+        table.add_row(escape(f"{i} {label}"), *(fmt(c.get(k)) for k in ("precision", "recall", "f1")),
+                      str(c.get("support", "")), *(str(v) for v in confusion[i]))
+    console.print(table)
+
+
 def _last_metrics(run: store.Run) -> None:
     records = run.metrics()
     _section(f"last metrics ({min(len(records), LAST_METRICS)} of {len(records)} lines)")
@@ -291,4 +312,5 @@ def show_command(
     _summary(run)
     _regularizers(run)
     _ranks(run)
+    _per_class(run)
     _last_metrics(run)

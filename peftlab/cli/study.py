@@ -27,6 +27,7 @@ def study_command(
     continue_: Optional[str] = typer.Option(
         None, "--continue", metavar="STUDY",
         help="continue a stopped study (runs/studies/<name>/vN, or <name>): only the runs it still needs"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the configurations, values and run counts; create nothing"),
     config_dir: Optional[List[str]] = typer.Option(None, "--config-dir", help="extra config folder(s)"),
     runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
@@ -47,13 +48,19 @@ def study_command(
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs} is not allowed: use --jobs N with N >= 1 (parallel runs)")
     if continue_ is not None:
-        if overrides or tune or name or config_dir:
+        if overrides or tune or name or config_dir or dry_run:
             raise UserError("--continue takes only --jobs and --runs-dir: the rest is stored in the study")
         outcome = study.continue_study(continue_, jobs=jobs, runs_dir=runs_dir, announce=say)
     else:
-        outcome = study.start_study(with_runs_dir(overrides, runs_dir), list(tune or []), trials=trials,
-                                    seeds=seeds, tune_seed=tune_seed, jobs=jobs, name=name,
-                                    config_dirs=config_dir or [], argv=["peftlab", *sys.argv[1:]], announce=say)
+        sp = study.plan_study(with_runs_dir(overrides, runs_dir), list(tune or []), trials=trials, seeds=seeds,
+                              tune_seed=tune_seed, jobs=jobs, name=name, config_dirs=config_dir or [])
+        if dry_run:
+            for line in sp.describe():
+                say(line)
+            say(f"study folder: {sp.tuning.runs_root / 'studies' / sp.name}/v<N>")
+            return
+        outcome = study.start_study(sp, config_dirs=config_dir or [], jobs=jobs,
+                                    argv=["peftlab", *sys.argv[1:]], announce=say)
     _report(outcome)
 
 

@@ -47,6 +47,24 @@ def _html_table(rows: Sequence[Row]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _per_class_html(rec: Run) -> str:
+    """The run's test per class and confusion matrix (rows: true class), when its task recorded them."""
+    details = (rec.summary or {}).get("test_details")
+    if not isinstance(details, dict) or not details.get("confusion") or not details.get("per_class"):
+        return ""
+    labels = [str(x) for x in details["labels"]]
+    head = "".join(f"<th>{h}</th>" for h in ("class", "precision", "recall", "f1", "support"))
+    head += "".join(f"<th>{html.escape(x)}</th>" for x in labels)
+    body = []
+    for i, label in enumerate(labels):
+        c = details["per_class"].get(label, {})
+        cells = "".join(f"<td>{c.get(k, 0):.4f}</td>" for k in ("precision", "recall", "f1"))
+        counts = "".join(f"<td>{v}</td>" for v in details["confusion"][i])
+        body.append(f"<tr><td{_LABEL}>{html.escape(label)}</td>{cells}<td>{c.get('support', '')}</td>{counts}</tr>")
+    return (f'<p class="note">test per class, seed {html.escape(str(rec.seed))} (confusion matrix: rows true, '
+            f"columns predicted)</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
 def _configuration_html(row: Row) -> str:
     """A ``<details>`` with the row's runs and the resolved config of its first run."""
     import yaml
@@ -60,6 +78,7 @@ def _configuration_html(row: Row) -> str:
     return (
         f"<details><summary>{html.escape(row.label)} {html.escape(row.mark)}</summary>"
         f"<p class=\"note\">runs</p><pre>{html.escape(runs)}</pre>"
+        f"{''.join(_per_class_html(x) for x in row.records)}"
         f"<p class=\"note\">resolved config ({html.escape(str(rec.path))})</p><pre>{html.escape(cfg)}</pre></details>"
     )
 

@@ -17,6 +17,7 @@ No torch at module level.
 from __future__ import annotations
 
 from peftlab.study.folder import find_study, is_study, read
-from peftlab.study.run import StudyOutcome, continue_study, start_study
+from peftlab.study.run import StudyOutcome, StudyPlan, continue_study, plan_study, start_study
 
-__all__ = ["StudyOutcome", "continue_study", "find_study", "is_study", "read", "start_study"]
+__all__ = ["StudyOutcome", "StudyPlan", "continue_study", "find_study", "is_study", "plan_study", "read",
+           "start_study"]

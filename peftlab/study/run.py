@@ -43,10 +43,32 @@ class StudyOutcome:
     final_sweep: Path | None = None
 
 
-def start_study(overrides: Sequence[str], tune: Sequence[str], *, trials: int, seeds: int, tune_seed: int = 0,
-                jobs: int | None = None, name: str | None = None, config_dirs: Sequence[str] = (),
-                argv: Sequence[str] = (), announce: Callable[[str], Any] = print) -> StudyOutcome:
-    """Validate everything, create the study folder, and run its phases."""
+@dataclass
+class StudyPlan:
+    """A study worked out before anything is created: its name, tuned values, tuning sweep and seeds."""
+
+    name: str
+    tuned: list[Tuned]
+    tuning: Any  # the tuning sweep's peftlab.sweep.Plan
+    seeds: list[int]
+    tune_seed: int
+    configurations: list[list[str]]
+
+    def describe(self) -> list[str]:
+        n = len(self.configurations)
+        lines = [f"study {self.name}: {n} configuration(s) x {self.tuning.count // max(n, 1)} setting(s) = "
+                 f"{self.tuning.count} tuning run(s) at seed {self.tune_seed}, then {len(self.seeds)} seed(s) "
+                 f"({', '.join(map(str, self.seeds))}) of each configuration's best = {n * len(self.seeds)} final run(s)"]
+        lines += [f"  tune {t.key}: {', '.join(t.values)}" for t in self.tuned]
+        lines += [f"  configuration: {' '.join(c) or '(defaults)'}" for c in self.configurations]
+        return lines
+
+
+def plan_study(overrides: Sequence[str], tune: Sequence[str], *, trials: int, seeds: int, tune_seed: int = 0,
+               jobs: int | None = None, name: str | None = None, config_dirs: Sequence[str] = ()) -> StudyPlan:
+    """Validate the whole command (a one-line UserError for any mistake); nothing is created."""
+    from peftlab.study.choose import configuration_of
+
     tuned = _check(overrides, tune, trials, seeds)
     grid = list(overrides) + [f"{t.key}={','.join(t.values)}" for t in tuned] + [f"seed={tune_seed}"]
     config_keys = [key_of(o) for o in overrides if "," in o.partition("=")[2]]
@@ -55,14 +77,22 @@ def start_study(overrides: Sequence[str], tune: Sequence[str], *, trials: int, s
     if p.sweeper != BASIC:
         raise UserError(f"a study tunes on a grid: hydra/sweeper={p.sweeper} is not used by peftlab study; "
                         "drop it (--trials sets the budget)")
-    study_dir = folder.create(p.runs_root, name, {
-        "tuned": [t.record() for t in tuned], "trials": trials, "tune_seed": tune_seed,
-        "seeds": [tune_seed + 1 + i for i in range(seeds)], "overrides": list(overrides), "metric": p.metric,
+    configurations = list(dict.fromkeys(tuple(configuration_of(m, [t.key for t in tuned])) for m in p.members))
+    return StudyPlan(name, tuned, p, [tune_seed + 1 + i for i in range(seeds)], tune_seed,
+                     [list(c) for c in configurations])
+
+
+def start_study(sp: StudyPlan, *, config_dirs: Sequence[str] = (), jobs: int | None = None,
+                argv: Sequence[str] = (), announce: Callable[[str], Any] = print) -> StudyOutcome:
+    """Create the study folder and run its phases."""
+    p = sp.tuning
+    study_dir = folder.create(p.runs_root, sp.name, {
+        "tuned": [t.record() for t in sp.tuned], "tune_seed": sp.tune_seed, "seeds": sp.seeds,
+        "configurations": sp.configurations, "metric": p.metric,
         "hydra_overrides": p.hydra_overrides + p.extra, "config_dirs": [str(Path(d).resolve()) for d in config_dirs],
         "launcher": p.launcher, "tune_sweep": None, "final_sweep": None, "argv": list(argv),
     })
-    announce(f"study {name}/{study_dir.name}: {p.count} tuning run(s) ({', '.join(_describe(t) for t in tuned)} "
-             f"per configuration), then {seeds} seed(s) of each configuration's best")
+    announce(sp.describe()[0].replace(f"study {sp.name}:", f"study {sp.name}/{study_dir.name}:"))
     outcome = start(p, argv=argv, announce=announce,
                     on_created=lambda d: folder.update(study_dir, tune_sweep=sweep_ref(d, p.runs_root)))
     if outcome.interrupted:

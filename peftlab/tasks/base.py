@@ -12,10 +12,11 @@ from peftlab.errors import UserError
 
 @dataclass
 class Evaluation:
-    """One evaluated split: its metrics, and what a reader may want to look at (generations)."""
+    """One evaluated split: its metrics, and what a reader may want to look at (outputs, details)."""
 
     metrics: dict[str, float]
-    rows: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # one per example, written to the run's outputs folder
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. a confusion matrix: goes to summary.json
 
 
 #: What a task counts on (part of) a split: numbers and tensors that add up, lists that concatenate.
@@ -46,6 +47,7 @@ class Task:
 
     head: str = ""
     metrics: tuple[str, ...] = ()  # what evaluate() measures, any of which trainer.metric may name
+    outputs_folder: str = "outputs"  # the run subfolder an Evaluation's rows are written to, one file per pass
 
     def __init__(self, metric: str):
         self.metric = str(metric)  # the default of trainer.metric
@@ -56,6 +58,11 @@ class Task:
     # -- data ---------------------------------------------------------------------
     def read_labels(self, raw: Any) -> None:
         """Learn what the raw splits say about the task (class names), before the model is built."""
+
+    def adopt(self, raw: Any, name: str) -> Any:
+        """Data from another dataset than the run's (``peftlab eval RUN dataset=...``), made readable by
+        this trained task, or a UserError saying why it cannot be; ``raw`` unchanged by default."""
+        return raw
 
     def model_kwargs(self) -> dict[str, Any]:
         """Extra arguments of the model loader (e.g. the number of classes)."""

@@ -20,10 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.errors import UserError
+from peftlab.layout import GENERATIONS_DIR
 from peftlab.tasks.base import Evaluation, Tally, Task, part_of
 
 
 class CausalLM(Task):
+    outputs_folder = GENERATIONS_DIR
     head = "causal_lm"
     peft_task_type = "CAUSAL_LM"  # what a PEFT adapter of this task declares
     metrics = ("exact_match", "loss", "perplexity")

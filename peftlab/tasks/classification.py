@@ -1,6 +1,9 @@
 """Sequence classification: a classification head over the model, cross-entropy on the class.
 
-Evaluated by loss, accuracy and macro-F1 (over the classes present in the split).
+Evaluated by loss, accuracy and macro-F1 (over the classes present in the split),
+with per-class precision / recall / F1 and the confusion matrix as details, and one
+prediction per example (the text as the model saw it, decoded from its tokens; the
+label, the prediction, the class probabilities) written to ``predictions/``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from peftlab.layout import PREDICTIONS_DIR
 from peftlab.tasks.base import Evaluation, Tally, Task, part_of
 
 
@@ -16,6 +20,7 @@ class Classification(Task):
     head = "sequence_classification"
     peft_task_type = "SEQ_CLS"  # what a PEFT adapter of this task declares
     metrics = ("accuracy", "f1_macro", "loss")
+    outputs_folder = PREDICTIONS_DIR
 
     def __init__(self, metric: str = "accuracy"):
         super().__init__(metric)
@@ -24,6 +29,21 @@ class Classification(Task):
         from peftlab.data.tokenize import label_names
 
         self.labels = label_names(raw)
+
+    def adopt(self, raw: Any, name: str) -> Any:
+        """The dataset's classes must be the run's (any order: label ids are mapped to the run's)."""
+        from peftlab.data.tokenize import label_names
+        from peftlab.errors import UserError
+
+        names = label_names(raw)
+        if names == list(self.labels):
+            return raw
+        if not set(names) <= set(self.labels):
+            unknown = ", ".join(sorted(set(names) - set(self.labels)))
+            raise UserError(f"dataset {name} has classes this run never learned ({unknown}); the run's classes are "
+                            f"{', '.join(self.labels)}: evaluate on data labelled with them")
+        mapping = {label: i for i, label in enumerate(self.labels)}
+        return raw.align_labels_with_mapping(mapping, "label")
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_labels": len(self.labels)}
@@ -42,11 +62,21 @@ class Classification(Task):
                 part: tuple[int, int] = (0, 1)) -> Tally:
         from peftlab.evaluate import count, make_loader
 
-        loader = make_loader(part_of(split, part), self.collator(tokenizer), batch_size)
-        confusion, loss_sum = count(model, loader, len(self.labels), device)
-        return {"confusion": confusion, "loss_sum": loss_sum}
+        shard = part_of(split, part)
+        loader = make_loader(shard, self.collator(tokenizer), batch_size)
+        predictions: list = []
+        confusion, loss_sum = count(model, loader, len(self.labels), device, predictions=predictions)
+        texts = [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in shard["input_ids"]]
+        rows = [{"text": text, "label": self.labels[y], "prediction": self.labels[p],
+                 "scores": {name: round(v, 6) for name, v in zip(self.labels, probs)}}
+                for text, (y, p, probs) in zip(texts, predictions)]
+        return {"confusion": confusion, "loss_sum": loss_sum, "rows": rows}
 
     def summarize(self, tally: Tally) -> Evaluation:
-        from peftlab.evaluate import metrics_from
+        from peftlab.evaluate import metrics_from, per_class
 
-        return Evaluation(metrics_from(tally["confusion"], tally["loss_sum"]))
+        confusion = tally["confusion"]
+        details = {"labels": list(self.labels), "confusion": confusion.tolist(),
+                   "per_class": per_class(confusion, list(self.labels))}
+        rows = [{"index": i, **row} for i, row in enumerate(tally.get("rows", []))]
+        return Evaluation(metrics_from(confusion, tally["loss_sum"]), rows, details)
