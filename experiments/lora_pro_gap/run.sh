@@ -19,8 +19,9 @@ for seed in ${SEEDS:-0 1 2}; do
     case $arm in
       lora-lr2e-3) train "$arm" "$seed" method=lora method.rank=8 optimizer.lr=2e-3 ;;
       lora_pro) train "$arm" "$seed" method=lora_pro method.rank=8 optimizer.lr=5e-5 ;;
+      lora_pro-lr5e-4) train "$arm" "$seed" method=lora_pro method.rank=8 optimizer.lr=5e-4 ;;  # 10x: not in ARMS
       full) train "$arm" "$seed" method=full optimizer.lr=5e-5 ;;
-      *) echo "unknown arm '$arm': use lora-lr2e-3, lora_pro, full" >&2; exit 2 ;;
+      *) echo "unknown arm '$arm': use lora-lr2e-3, lora_pro, full, lora_pro-lr5e-4" >&2; exit 2 ;;
     esac
   done
 done

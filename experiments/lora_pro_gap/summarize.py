@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from arms import accuracy_table, completed_runs, plot_mean_curves  # noqa: E402
 
-ARMS = ["lora-lr2e-3", "lora_pro", "full"]
+ARMS = ["lora-lr2e-3", "lora_pro", "lora_pro-lr5e-4", "full"]
 
 
 def main(root: Path, out: Path) -> None:
