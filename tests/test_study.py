@@ -113,6 +113,10 @@ def test_a_study_tunes_every_configuration_alike_then_reruns_the_best_with_fresh
         if "final" in meta["sweep"]["name"]:
             cfg = yaml.safe_load((meta_file.parent / "config.yaml").read_text())
             assert cfg["optimizer"]["lr"] == pytest.approx(chosen[meta["choices"]["method"]])
+    figures = runs_dir.parent / "figs"
+    res = peftlab("compare", str(study_dir), "--plot", str(figures))
+    assert res.returncode == 0, res.stderr
+    assert (figures / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     res = peftlab("compare", str(study_dir), "--format", "json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)["rows"]
@@ -168,3 +172,44 @@ def test_bad_study_commands_exit_2_with_one_line_and_create_nothing(runs_dir, ar
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_the_sensitivity_figure_draws_validation_against_the_tuned_value_and_circles_the_choice(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from peftlab.study import folder
+    from peftlab.study.sensitivity import plot_sensitivity
+
+    root = tmp_path / "runs"
+    members = [_planted(root, lr, val=v, test=0.5, index=i)
+               for i, (lr, v) in enumerate([("0.0001", 0.7), ("0.001", 0.8), ("0.01", 0.75)])]
+    sweep = root / "sweeps" / "s-tune" / "v1"
+    sweep.mkdir(parents=True)
+    listed = []
+    for m in members:  # make the planted runs members of a tuning sweep, as train stamps them
+        meta = json.loads((m.run.path / "meta.json").read_text())
+        meta["sweep"] = {"path": "sweeps/s-tune/v1", "name": "s-tune", "version": "v1", "member": m.index}
+        (m.run.path / "meta.json").write_text(json.dumps(meta))
+        listed.append({"index": m.index, "overrides": ["model=tiny", *m.overrides]})
+    (sweep / "sweep.json").write_text(json.dumps({"name": "s-tune", "version": "v1", "members": listed}))
+    study = folder.create(root, "s", {"tuned": [parse_tune(LR, 3).record()], "metric": "accuracy",
+                                      "tune_sweep": "sweeps/s-tune/v1",
+                                      "chosen": [{"configuration": ["model=tiny", "method=lora"],
+                                                  "setting": ["optimizer.lr=0.001"]}]})
+    saved = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.__setitem__("fig", fig))
+    assert plot_sensitivity(study, tmp_path / "figs") is not None
+    ax = saved["fig"].axes[0]
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [1e-4, 1e-3, 1e-2] and list(line.get_ydata()) == [0.7, 0.8, 0.75]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_legend().get_texts()] == ["model=tiny method=lora"]
+    circled = ax.get_lines()[1]  # the chosen point
+    assert list(circled.get_xdata()) == [1e-3] and list(circled.get_ydata()) == [0.8]
+
+
+def test_configurations_are_labelled_by_what_differs():
+    from peftlab.study.choose import distinguishing
+
+    assert distinguishing([["model=tiny", "method=lora"], ["model=tiny", "method=pissa"]]) == ["method=lora", "method=pissa"]
+    assert distinguishing([["model=tiny"], ["model=tiny"]]) == ["(defaults)", "(defaults)"]
+    assert distinguishing([["model=tiny", "method=lora"]]) == ["model=tiny method=lora"]

@@ -39,6 +39,12 @@ def configuration_of(overrides: Sequence[str], tuned_keys: Sequence[str]) -> lis
     return [o for o in overrides if key_of(o) not in drop]
 
 
+def distinguishing(configurations: Sequence[Sequence[str]]) -> list[str]:
+    """Each configuration's label: its overrides that not every configuration shares ("(defaults)" if none)."""
+    shared = set.intersection(*(set(c) for c in configurations)) if len(configurations) > 1 else set()
+    return [" ".join(o for o in c if o not in shared) or "(defaults)" for c in configurations]
+
+
 def choose(members: Sequence[Member], tuned_keys: Sequence[str], metric: str) -> list[Choice]:
     """Each configuration's best tuning member by validation ``metric`` (configurations in grid order)."""
     lower = lower_is_better(metric)

@@ -23,7 +23,7 @@ from typing import Any
 from peftlab import runs
 from peftlab.errors import UserError
 from peftlab.study import folder
-from peftlab.study.choose import Choice, choose
+from peftlab.study.choose import Choice, choose, distinguishing
 from peftlab.study.spec import Tuned, parse_tune
 from peftlab.sweep import BASIC, members, plan, resume, start, start_members
 from peftlab.sweep.folder import sweep_ref
@@ -124,8 +124,7 @@ def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], A
     tuned = [Tuned.from_record(t) for t in data["tuned"]]
     tune_dir = folder.sweep_path(study_dir, data["tune_sweep"])
     choices = choose(members(tune_dir), [t.key for t in tuned], str(data["metric"]))
-    for c in choices:
-        label = " ".join(c.configuration) or "(defaults)"
+    for c, label in zip(choices, distinguishing([c.configuration for c in choices])):
         if c.setting:
             announce(f"chosen on validation {data['metric']} = {c.validation:.4g}: {label} {' '.join(c.setting)}")
         else:

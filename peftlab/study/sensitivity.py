@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftlab.study import folder
-from peftlab.study.choose import configuration_of, curves
+from peftlab.study.choose import curves, distinguishing
 from peftlab.study.spec import Tuned
 from peftlab.sweep import members
 from peftlab.values import as_number
@@ -31,13 +31,13 @@ def plot_sensitivity(study_dir: Path, out_dir: Path) -> Path | None:
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     drew = False
+    labels = dict(zip(found, distinguishing([list(c) for c in found])))
     for config, points in found.items():
         pts = sorted((as_number(s.partition("=")[2]), v, s) for s, v in points if as_number(s.partition("=")[2]) is not None)
         if not pts:
             continue
         drew = True
-        label = " ".join(configuration_of(list(config), [key])) or "(defaults)"
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[config])
         best = [p for p in pts if p[2] == chosen.get(config)]
         if best:
             ax.plot([best[0][0]], [best[0][1]], marker="o", ms=12, mfc="none", color=line.get_color())
