@@ -443,6 +443,7 @@ def test_update_unscales_before_a_method_adds_gradients_whatever_the_clipping(cl
                               accelerator=RecordingAccelerator(calls), optimizer=opt, max_steps=1,
                               guard=Guard("fail", 3, torch.device("cpu")),
                               scheduler=SimpleNamespace(step=lambda: None))
+    trainer._hooked_clip = lambda step: Trainer._hooked_clip(trainer, step)
     Trainer._update(trainer, {"loss": torch.tensor(1.0)})
     assert calls == ["clip (unscales)" if clip else "unscale", "method", "step"]
 
