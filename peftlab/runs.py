@@ -31,6 +31,7 @@ summary.json keys read by ``peftlab runs`` / ``peftlab show`` / ``peftlab compar
     best_validation: {step: int, <metric>: ...}  best validation point
     final_validation: {<metric>: value, ...}     last validation metrics
     trainable_params, total_params, steps, wall_time_s, tokens_per_s, peak_memory_mb, device
+    test_details: {labels, confusion, per_class}  a classifier's reported test, per class (show, compare --html)
 
 Versions are allocated with an exclusive ``os.mkdir`` so concurrent processes never
 share a folder; every file but metrics.jsonl is written to a temporary name in the
