@@ -8,8 +8,6 @@ final sweep. Everything else (how the runs stand) is read from the sweeps' run f
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from peftlab import runs
 from peftlab.errors import UserError, did_you_mean
 from peftlab.layout import STUDIES_DIR, STUDY_FILE
 from peftlab.run_files import read_json_object
+from peftlab.sweep.folder import create_described
 
 
 def is_study(folder: Path) -> bool:
@@ -33,12 +32,7 @@ def read(study_dir: Path) -> dict:
 
 def create(root: Path, name: str, record: dict[str, Any]) -> Path:
     """A new study folder with its study.json; returns the folder (absolute)."""
-    folder = runs.allocate(Path(root) / STUDIES_DIR, name)
-    study_dir = folder.path.resolve()
-    data = {"name": name, "version": folder.version, **record, "created_at": runs.now_iso(),
-            "pid": os.getpid(), "host": socket.gethostname()}
-    runs.atomic_write_json(study_dir / STUDY_FILE, data)
-    return study_dir
+    return create_described(Path(root) / STUDIES_DIR, name, STUDY_FILE, record)
 
 
 def update(study_dir: Path, **fields: Any) -> dict:

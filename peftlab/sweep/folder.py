@@ -26,12 +26,18 @@ def read(sweep_dir: Path) -> dict:
 
 def create(root: Path, name: str, record: dict[str, Any]) -> Path:
     """A new sweep folder ``<root>/sweeps/<name>/v<N>`` with its sweep.json; returns the folder (absolute)."""
-    folder = runs.allocate(Path(root) / SWEEPS_DIR, name)
-    sweep_dir = folder.path.resolve()
+    return create_described(Path(root) / SWEEPS_DIR, name, SWEEP_FILE, record)
+
+
+def create_described(parent: Path, name: str, file_name: str, record: dict[str, Any]) -> Path:
+    """A new versioned folder ``<parent>/<name>/v<N>`` holding ``file_name``: the record plus name, version,
+    creation time and creator (sweeps and studies); returns the folder (absolute)."""
+    folder = runs.allocate(Path(parent), name)
+    path = folder.path.resolve()
     data = {"name": name, "version": folder.version, **record, "created_at": runs.now_iso(),
             "pid": os.getpid(), "host": socket.gethostname()}
-    runs.atomic_write_json(sweep_dir / SWEEP_FILE, data)
-    return sweep_dir
+    runs.atomic_write_json(path / file_name, data)
+    return path
 
 
 def runs_root_of(sweep_dir: Path) -> Path:
