@@ -23,7 +23,7 @@ from typing import Any
 from peftlab import runs
 from peftlab.errors import UserError
 from peftlab.study import folder
-from peftlab.study.choose import Choice, choose, distinguishing
+from peftlab.study.choose import Choice, choose, configuration_of, distinguishing
 from peftlab.study.spec import Tuned, parse_tune
 from peftlab.sweep import BASIC, members, plan, resume, start, start_members
 from peftlab.sweep.folder import sweep_ref
@@ -67,8 +67,6 @@ class StudyPlan:
 def plan_study(overrides: Sequence[str], tune: Sequence[str], *, trials: int, seeds: int, tune_seed: int = 0,
                jobs: int | None = None, name: str | None = None, config_dirs: Sequence[str] = ()) -> StudyPlan:
     """Validate the whole command (a one-line UserError for any mistake); nothing is created."""
-    from peftlab.study.choose import configuration_of
-
     tuned = _check(overrides, tune, trials, seeds)
     grid = list(overrides) + [f"{t.key}={','.join(t.values)}" for t in tuned] + [f"seed={tune_seed}"]
     config_keys = [key_of(o) for o in overrides if "," in o.partition("=")[2]]
