@@ -181,7 +181,7 @@ class TrainerSchema:
     description: str = ""
     max_steps: int = 150
     batch_size: int = 32
-    eval_batch_size: int = 128
+    eval_batch_size: int = 32
     grad_accum: int = 1
     eval_every: int = 50
     log_every: int = 10

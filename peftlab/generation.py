@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from peftlab.data.order import length_sorted_batches
 
 
 @torch.no_grad()
@@ -85,13 +87,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in previous.items():
             module.training = training
-
-
-def length_sorted_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> Iterable[list[int]]:
-    """Indices of ``prompts`` in batches of similar length (a stable sort, so ties keep their order)."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
 
 
 def generate_batch(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, eos: list[int],

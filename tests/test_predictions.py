@@ -42,6 +42,19 @@ def test_every_evaluated_split_leaves_one_prediction_per_example(trained):
     assert accuracy == pytest.approx(summary["test"]["accuracy"])
 
 
+def test_rows_are_in_the_splits_order_though_evaluation_batches_by_length(trained):
+    from peftlab.data.builtin import load_stdlib_docs
+
+    test = load_stdlib_docs()["test"]
+    names = test.features["label"].names
+    rows = _lines(trained / "predictions" / "test-step_0000006.jsonl")
+    lengths = [len(r["text"]) for r in rows]
+    assert lengths != sorted(lengths)  # the split is not already in length order, so the test can fail
+    assert [r["label"] for r in rows] == [names[y] for y in test["label"]]
+    for row, text in zip(rows, test["text"]):
+        assert "".join(text.lower().split()).startswith("".join(row["text"].lower().split())[:40])
+
+
 def test_the_summary_holds_the_confusion_matrix_and_per_class_metrics_of_the_reported_test(trained):
     summary = json.loads((trained / "summary.json").read_text())
     details = summary["test_details"]

@@ -12,5 +12,6 @@
 - ``sft``: ``load_sft`` turns local files, folders or hub ids into prompt/response/
   answer splits (or conversations); ``sft_tokenize`` masks the prompt out of the
   labels, counts what ``max_length`` cuts, and pads batches (``SFTCollator``).
-- ``order``: the training batch order, a pure function of (seed, step).
+- ``order``: the training batch order, a pure function of (seed, step), and the
+  length-sorted batches of evaluation and generation.
 """

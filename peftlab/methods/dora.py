@@ -8,15 +8,16 @@ Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation".
     detach_norm=false lets the gradient flow through it (the paper's full form, dora_simple=False)
     merge: W <- (m / ||W + sBA||_row)[:, None] * (W + sBA);   #P = r (m + n) + m
 
-The forward is PEFT's efficient form, which never materialises V x:
+The forward never materialises V:
 
-    y = base(x) + (m/||V|| - 1) * (W x) + (m/||V||) * s B A x
+    y = (m/||V||) * (W x + s B A x) + b
 
-``W x`` is ``base(x) - b``, so no second full matmul when dropout is off; with
-dropout in training, ``W dropout(x)`` is computed separately, as PEFT does.
-Numerics follow peft/tuners/lora/dora.py (input cast to the adapter's dtype, W
-and the norm in that dtype, the same order of operations), so outputs match
-PEFT's ``use_dora=True`` to float rounding.
+with ``W x + s B A x`` one fused node of :mod:`peftlab.methods.low_rank` and the rescale plus bias one ``addcmul``.
+With dropout in training it is PEFT's form,
+``base(x) + (m/||V|| - 1) * W dropout(x) + (m/||V||) * s B A dropout(x)``.
+As in peft/tuners/lora/dora.py the input is cast to the adapter's dtype and W
+and the norm are taken in that dtype, so outputs match PEFT's
+``use_dora=True`` to float rounding.
 
 Since the change is not additive, ``forward``, ``merged_weight`` and
 ``unmerged_weight`` are overridden; ``delta_weight()`` is the direction update
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter
 from peftlab.methods.lora import LoRA, LoRAAdapter
+from peftlab.methods.low_rank import lora_linear
 from peftlab.methods.native import NativeForm
 
 
@@ -70,19 +72,24 @@ class DoRAAdapter(LoRAAdapter):
             return torch.linalg.norm(weight + self.scale * lora_weight, dim=1).to(weight.dtype)
 
     def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
-        result = base(x)
         x = x.to(self.compute_dtype(x))
         weight = base.weight.to(x.dtype)
-        norm = self.weight_norm(weight)
-        mag_norm_scale = (self.lora_magnitude / norm).view(1, -1)
-        if isinstance(self.dropout, nn.Identity) or not self.training:
-            base_result = result if base.bias is None else result - base.bias
-        else:
-            x = self.dropout(x)
-            base_result = F.linear(x, weight)
+        mag_norm_scale = (self.lora_magnitude / self.weight_norm(weight)).view(1, -1)
+        if self.training and not isinstance(self.dropout, nn.Identity):
+            return self.dropped_forward(x, base, weight, mag_norm_scale)
+        # (m/||V||) (W x + s B A x) + b: the W x product once, the low-rank part added by one
+        # autograd node and the rescale and bias fused into one pass (PEFT's order takes five)
+        direction = lora_linear(x, base, self.lora_A, self.lora_B, self.scale, self.dropout, weight=weight)
+        if base.bias is None:
+            return (mag_norm_scale * direction).to(base.weight.dtype)
+        return torch.addcmul(base.bias.to(x.dtype), mag_norm_scale, direction).to(base.weight.dtype)
+
+    def dropped_forward(self, x: Tensor, base: nn.Linear, weight: Tensor, mag_norm_scale: Tensor) -> Tensor:
+        """PEFT's form with dropout: the base term on the clean input, the rescaling terms on the dropped one."""
+        result = base(x.to(base.weight.dtype))
+        x = self.dropout(x)
         lora_result = F.linear(F.linear(x, self.lora_A), self.lora_B)
-        base_result = base_result.to(x.dtype)
-        dora = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * self.scale
+        dora = (mag_norm_scale - 1) * F.linear(x, weight) + mag_norm_scale * lora_result * self.scale
         return result + dora.to(result.dtype)
 
     # -- merging: W' = (m/||W+sBA||) (W + sBA), computed in fp32 ------------------

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, check_rank, positive_int, probability
+from peftlab.methods.low_rank import lora_linear
 from peftlab.methods.native import NativeForm, expect_shape, json_number
 
 
@@ -90,6 +91,10 @@ class LoRAAdapter(Adapter):
     def delta_forward(self, x: Tensor) -> Tensor:
         # Two thin matmuls (r-wide) instead of materialising the m x n update.
         return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+    def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
+        # base(x) + delta_forward(x) as one autograd node (see peftlab.methods.low_rank)
+        return lora_linear(x, base, self.lora_A, self.lora_B, self.scale, self.dropout)
 
 
 def peft_lora_weight(weight: Tensor, tensors: dict[str, Tensor], fields: dict[str, Any]) -> Tensor:

@@ -98,13 +98,13 @@ class CausalLM(Task):
 
     @torch.no_grad()
     def _nll(self, model: nn.Module, tokenizer: Any, split: Any, batch_size: int, device: Any) -> Tally:
-        from peftlab.evaluate import make_loader
+        from peftlab.evaluate import by_length, make_loader
 
         was_training = model.training
         model.eval()
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.long, device=device)
-        for batch in make_loader(split, self.collator(tokenizer), batch_size):
+        for batch in make_loader(split, self.collator(tokenizer), batch_size, by_length(split, batch_size)):
             batch = {k: v.to(device) for k, v in batch.items()}
             logits, targets = response_logits(model, batch)
             total += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()

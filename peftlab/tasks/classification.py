@@ -60,16 +60,20 @@ class Classification(Task):
 
     def measure(self, model: nn.Module, tokenizer: Any, split: Any, *, batch_size: int, device: Any, full: bool,
                 part: tuple[int, int] = (0, 1)) -> Tally:
-        from peftlab.evaluate import count, make_loader
+        from peftlab.evaluate import by_length, count, make_loader
 
         shard = part_of(split, part)
-        loader = make_loader(shard, self.collator(tokenizer), batch_size)
+        batches = by_length(shard, batch_size)
         predictions: list = []
-        confusion, loss_sum = count(model, loader, len(self.labels), device, predictions=predictions)
+        confusion, loss_sum = count(model, make_loader(shard, self.collator(tokenizer), batch_size, batches),
+                                    len(self.labels), device, predictions=predictions)
+        in_order = [None] * len(predictions)  # back from length order to the split's order
+        for index, prediction in zip((i for batch in batches for i in batch), predictions):
+            in_order[index] = prediction
         texts = [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in shard["input_ids"]]
         rows = [{"text": text, "label": self.labels[y], "prediction": self.labels[p],
                  "scores": {name: round(v, 6) for name, v in zip(self.labels, probs)}}
-                for text, (y, p, probs) in zip(texts, predictions)]
+                for text, (y, p, probs) in zip(texts, in_order)]
         return {"confusion": confusion, "loss_sum": loss_sum, "rows": rows}
 
     def summarize(self, tally: Tally) -> Evaluation:
