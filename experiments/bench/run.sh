@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# peftlab against Hugging Face PEFT on the same work, as `make bench` runs it:
+#   1. the training step of every method both have, on MiniLM (with peak memory) and on the tiny causal LM;
+#   2. the whole default run, `peftlab train`, against the PEFT + Trainer script (peft_trainer.py), 3 seeds.
+# Results go to experiments/bench/results/ (JSON) and are printed; results.md describes the committed ones.
+# SLOW=1 adds the step benchmark on Gemma 3 270M (the `lm` extra; about 10 minutes more).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+python=${PYTHON:-python}
+out="$here/results"
+mkdir -p "$out"
+echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs)"
+echo "== training step, MiniLM (batch 32 x 64 tokens)"
+"$python" "$here/step.py" --model minilm --memory --json "$out/step_minilm.json"
+echo "== training step, tiny causal LM (batch 8 x 128 tokens)"
+"$python" "$here/step.py" --model tiny_lm --batch 8 --length 128 --steps 30 --json "$out/step_tiny_lm.json"
+if [ "${SLOW:-0}" = 1 ]; then
+  echo "== training step, Gemma 3 270M (batch 4 x 128 tokens)"
+  "$python" "$here/step.py" --model gemma3-270m --batch 4 --length 128 --steps 4 --methods lora,dora \
+    --json "$out/step_gemma3-270m.json"
+fi
+echo "== the whole default run against the PEFT + Trainer script"
+"$python" "$here/end_to_end.py" --pairs "${PAIRS:-3}" --json "$out/end_to_end.json"

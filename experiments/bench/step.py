@@ -1,0 +1,189 @@
+"""Training-step time of peftlab's adapters versus Hugging Face PEFT's, same model, same batch, one process.
+
+    python experiments/bench/step.py [--model minilm|tiny_lm|gemma3-270m] [--methods lora,dora,pissa,olora]
+                                     [--steps 12] [--batch 32] [--length 64] [--memory]
+
+One step = forward + backward + AdamW step through ``model(**batch).loss`` on
+both sides, so only the adapters differ (peftlab's causal-LM loss, which skips
+the logits of unlabelled positions, is measured apart in
+``experiments/bench_lm_step.py``). The floor is the frozen model's forward plus
+the backward to its input embeddings, which every adapter method pays at least.
+Configurations are timed interleaved, round robin, and medians reported, so
+drift of the machine hits all alike.
+
+MFU: the FLOPs of one step (counted by torch's FlopCounterMode) per second,
+over the machine's measured peak: the median rate of a 2048 x 2048 float32
+matmul at the same thread count. ``--memory`` adds each configuration's peak
+resident memory, measured alone in a child process (3 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from peftlab.config import build, compose
+from peftlab.methods.base import trainable_parameters
+
+PEFT_INIT = {"lora": True, "dora": True, "pissa": "pissa", "olora": "olora"}
+
+
+def load(model_name: str):
+    loaded = build(compose([f"model={model_name}"]).model, num_labels=7, seed=0)
+    model = loaded.model
+    for module in model.modules():  # no dropout: both sides then compute the same thing
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return loaded
+
+
+def make_batch(loaded, batch: int, length: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, min(loaded.tokenizer.vocab_size, 30000), (batch, length), generator=g)
+    causal = "ForCausalLM" in type(loaded.model).__name__
+    labels = ids.clone() if causal else torch.randint(0, 7, (batch,), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def embedding_of(model) -> torch.nn.Module:
+    return model.get_input_embeddings()
+
+
+def floor_step(model) -> Callable[[dict], None]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    embedding_of(model).register_forward_hook(lambda m, i, out: out.requires_grad_(True))
+    return lambda batch: model(**batch).loss.backward()
+
+
+def train_step(model, params) -> Callable[[dict], None]:
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step(batch):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def peftlab_side(loaded, method_name: str) -> Callable[[dict], None]:
+    model = copy.deepcopy(loaded.model)
+    method = build(compose([f"method={method_name}", "method.rank=8"]).method)
+    method.prepare(model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules)
+    return train_step(model.train(), list(trainable_parameters(model).values()))
+
+
+def peft_side(loaded, method_name: str) -> Callable[[dict], None]:
+    import peft
+
+    options = compose([f"method={method_name}", "method.rank=8"]).method
+    cfg = peft.LoraConfig(r=8, lora_alpha=float(options.alpha), lora_dropout=0.0,
+                          target_modules=list(loaded.target_defaults), modules_to_save=list(loaded.head_modules) or None,
+                          use_dora=method_name == "dora", init_lora_weights=PEFT_INIT[method_name])
+    model = peft.get_peft_model(copy.deepcopy(loaded.model), cfg)
+    return train_step(model.train(), [p for p in model.parameters() if p.requires_grad])
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n x n float32 matmul (median of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def step_flops(step: Callable[[dict], None], batch: dict) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step(batch)
+    return counter.get_total_flops()
+
+
+def configurations(loaded, methods: list[str]) -> dict[str, Callable[[], Callable[[dict], None]]]:
+    made = {"floor (frozen fwd+bwd)": lambda: floor_step(copy.deepcopy(loaded.model).train())}
+    for m in methods:
+        made[f"peftlab {m}"] = lambda m=m: peftlab_side(loaded, m)
+        made[f"peft {m}"] = lambda m=m: peft_side(loaded, m)
+    return made
+
+
+def child_peak_rss(args, name: str) -> float:
+    """Peak RSS (MB) of one configuration run alone for 3 steps."""
+    cmd = [sys.executable, __file__, "--model", args.model, "--methods", ",".join(args.methods),
+           "--batch", str(args.batch), "--length", str(args.length), "--only", name]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"memory child for {name!r} failed ({status})")
+    return usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=["lora", "dora", "pissa", "olora"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # a memory child: one configuration, 3 steps
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    loaded = load(args.model)
+    batch = make_batch(loaded, args.batch, args.length)
+    makers = configurations(loaded, args.methods)
+    if args.only:
+        step = makers[args.only]()
+        for _ in range(3):
+            step(batch)
+        return
+    steps = {name: make() for name, make in makers.items()}
+    flops = {name: step_flops(step, batch) for name, step in steps.items()}  # also the warm-up step
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(batch)
+            times[name].append(time.perf_counter() - start)
+    peak = matmul_peak()
+    memory = {name: child_peak_rss(args, name) for name in steps} if args.memory else {}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    floor = median["floor (frozen fwd+bwd)"]
+    print(f"{args.model}, batch {args.batch} x {args.length} tokens, rank 8 on the default targets, {args.steps} "
+          f"interleaved steps, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'configuration':24s} {'ms/step':>9s} {'x floor':>8s} {'GFLOP/step':>11s} {'MFU':>6s}"
+          + (f" {'peak RSS MB':>12s}" if memory else ""))
+    rows = []
+    for name, t in median.items():
+        mfu = flops[name] / t / peak
+        rows.append({"configuration": name, "ms": t * 1000, "x_floor": t / floor, "gflop": flops[name] / 1e9,
+                     "mfu": mfu, "peak_rss_mb": memory.get(name)})
+        print(f"{name:24s} {t * 1000:9.1f} {t / floor:8.2f} {flops[name] / 1e9:11.1f} {mfu:6.1%}"
+              + (f" {memory[name]:12.0f}" if memory else ""))
+    ratios = {m: median[f"peftlab {m}"] / median[f"peft {m}"] for m in args.methods}
+    for m, ratio in ratios.items():
+        print(f"peftlab / peft, {m}: {ratio:.3f}  (below 1: peftlab is faster)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "threads": torch.get_num_threads(), "batch": args.batch,
+                       "length": args.length, "peak_gflops": peak / 1e9, "rows": rows, "ratios": ratios}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
