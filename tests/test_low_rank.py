@@ -113,3 +113,29 @@ def test_dropout_in_evaluation_uses_the_fused_node():
     base, a, b = layer()
     out = lora_linear(torch.randn(4, 12), base, a, b, 1.0, nn.Dropout(0.3).eval())
     assert "LowRankLinearBackward" in grad_fn_names(out)
+
+
+def test_gradient_checkpointing_recomputes_the_node_to_the_same_gradients():
+    from peftlab.config import build, compose
+    from peftlab.methods.base import trainable_parameters
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        loaded = build(compose(["model=tiny"]).model, num_labels=3, seed=0)
+        method = build(compose(["method=lora"]).method)
+        method.prepare(loaded.model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules)
+        params = trainable_parameters(loaded.model)
+        with torch.no_grad():
+            for p in params.values():  # B = 0 at init would leave A without gradient
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        if checkpointing:
+            loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loaded.model.train()
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(1000, 2000, (4, 10), generator=g)
+        loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+        return {name: p.grad.clone() for name, p in params.items()}
+
+    plain_grads, checkpointed = grads(False), grads(True)
+    assert any("lora_A" in name for name in plain_grads)
+    for name, value in plain_grads.items():
+        torch.testing.assert_close(checkpointed[name], value, msg=name)
