@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # peftlab against Hugging Face PEFT on the same work, as `make bench` runs it:
 #   1. the training step of every method both have, on MiniLM (with peak memory) and on the tiny causal LM;
-#   2. the whole default run, `peftlab train`, against the PEFT + Trainer script (peft_trainer.py), 3 seeds.
+#   2. scaling curves (scaling.py): step time and memory vs rank and sequence length, init time vs size;
+#   3. the whole default run, `peftlab train`, against the PEFT + Trainer script (peft_trainer.py), 3 seeds.
 # Results go to experiments/bench/results/ (JSON) and are printed; results.md describes the committed ones.
 # SLOW=1 adds the step benchmark on Gemma 3 270M (the `lm` extra; about 10 minutes more).
 set -euo pipefail
@@ -19,5 +20,7 @@ if [ "${SLOW:-0}" = 1 ]; then
   "$python" "$here/step.py" --model gemma3-270m --batch 4 --length 128 --steps 4 --methods lora,dora \
     --json "$out/step_gemma3-270m.json"
 fi
+echo "== scaling: step time and activation memory vs rank and length, PiSSA init time vs width and layers"
+"$python" "$here/scaling.py" --out "$out"
 echo "== the whole default run against the PEFT + Trainer script"
 "$python" "$here/end_to_end.py" --pairs "${PAIRS:-3}" --json "$out/end_to_end.json"
