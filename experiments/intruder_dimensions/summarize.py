@@ -1,4 +1,8 @@
-"""Summarize the intruder-dimension runs: one row per configuration, mean ± std over seeds."""
+"""Summarize the intruder-dimension study: per arm, its learning rate chosen on validation and,
+over the final seeds, test accuracy and the spectral diagnostics (mean ± std).
+
+    python experiments/intruder_dimensions/summarize.py <runs>/studies/intruders/vN
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,34 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from peftlab.study import folder
+from peftlab.sweep import status
 
-def mean_std(values: list[float]) -> str:
+
+def mean_std(values: list[float], digits: int = 2) -> str:
     if len(values) < 2:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def main(root: Path) -> None:
+def arm_of(overrides: list[str]) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("+arm=")), "?")
+
+
+def main(study_dir: Path) -> None:
+    data = folder.read(study_dir)
+    chosen = {arm_of(c["configuration"]): " ".join(c["setting"]) for c in data.get("chosen") or []}
+    final = folder.sweep_path(study_dir, data.get("final_sweep"))
+    if final is None:
+        raise SystemExit(f"{study_dir}: the study has no final runs yet; continue it first")
     rows: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for analysis_file in sorted(root.glob("*/v*/analysis.json")):
-        run = analysis_file.parent
-        if json.loads((run / "meta.json").read_text()).get("status") != "completed":
+    for member in status.members(final):
+        if member.status != "completed" or member.run is None:
             continue
-        analysis = json.loads(analysis_file.read_text())["model"]
+        run = member.run.path
+        analysis = json.loads((run / "analysis.json").read_text())["model"]
         summary = json.loads((run / "summary.json").read_text())
-        row = rows[run.parent.name]
+        row = rows[arm_of(member.overrides)]
         row["intruders"].append(analysis["intruders"])
         row["curve"].append(analysis["intruder_curve"])
         row["rankme"].append(analysis["rankme_mean"])
@@ -32,21 +48,22 @@ def main(root: Path) -> None:
         row["trainable"].append(summary["trainable_params"])
         row["layers"].append(analysis["layers"])
     epsilons = sorted({e for row in rows.values() for c in row["curve"] for e in c}, key=float)
-    print("| configuration | seeds | trainable params | test accuracy | intruders (top-10, eps 0.5) | "
-          "mean RankMe of update | mean overlap with top-10 subspace |")
-    print("|---|---|---|---|---|---|---|")
+    print("| arm | lr (chosen on validation) | seeds | trainable params | test accuracy | "
+          "intruders (top-10, eps 0.5) | mean RankMe of update | mean overlap with top-10 subspace |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in sorted(rows):
         r = rows[name]
-        print(f"| {name} | {len(r['intruders'])} | {r['trainable'][0]:,} | {mean_std(r['accuracy'])} | "
-              f"{mean_std(r['intruders'])} of {r['layers'][0]} matrices | {mean_std(r['rankme'])} | {mean_std(r['overlap'])} |")
+        print(f"| {name} | {chosen.get(name, '?')} | {len(r['intruders'])} | {r['trainable'][0]:,} | "
+              f"{mean_std(r['accuracy'], 3)} | {mean_std(r['intruders'])} of {r['layers'][0]} matrices | "
+              f"{mean_std(r['rankme'])} | {mean_std(r['overlap'])} |")
     print()
-    print("Intruder count by epsilon (mean over seeds):")
+    print("Intruder count by epsilon (mean ± std over the final seeds):")
     print()
-    print("| configuration | " + " | ".join(f"eps {e}" for e in epsilons) + " |")
+    print("| arm | " + " | ".join(f"eps {e}" for e in epsilons) + " |")
     print("|---|" + "---|" * len(epsilons))
     for name in sorted(rows):
         curves = rows[name]["curve"]
-        print(f"| {name} | " + " | ".join(f"{statistics.mean(c[e] for c in curves):.1f}" for e in epsilons) + " |")
+        print(f"| {name} | " + " | ".join(mean_std([c[e] for c in curves], 1) for e in epsilons) + " |")
 
 
 if __name__ == "__main__":
