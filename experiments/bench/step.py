@@ -35,7 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from peftlab.config import build, compose
 from peftlab.methods.base import trainable_parameters
 
-PEFT_INIT = {"lora": True, "dora": True, "pissa": "pissa", "olora": "olora"}
+PEFT_INIT = {"lora": True, "dora": True, "pissa": "pissa", "olora": "olora"}  # LoRA-shaped, PEFT's LoraConfig
+#: every method both libraries have; EVA, CorDA and MiLoRA train as LoRA does (only their start differs)
+SHARED = ["lora", "dora", "pissa", "olora", "adalora", "miss", "randlora"]
 
 
 def load(model_name: str):
@@ -79,18 +81,41 @@ def train_step(model, params) -> Callable[[dict], None]:
 
 def peftlab_side(loaded, method_name: str) -> Callable[[dict], None]:
     model = copy.deepcopy(loaded.model)
-    method = build(compose([f"method={method_name}", "method.rank=8"]).method)
+    method = build(method_options(method_name))
     method.prepare(model, target_defaults=loaded.target_defaults, head_modules=loaded.head_modules)
     return train_step(model.train(), list(trainable_parameters(model).values()))
+
+
+def method_options(method_name: str):
+    """The method's YAML; rank 8 for LoRA-shaped methods and MiSS (AdaLoRA and RandLoRA keep their defaults)."""
+    rank = ["method.rank=8"] if method_name in PEFT_INIT or method_name == "miss" else []
+    return compose([f"method={method_name}", *rank]).method
+
+
+def peft_config(method_name: str, options, targets: list[str], heads: list[str]):
+    """PEFT's config for the same method with our YAML's values (rank 8 where the method has a rank)."""
+    import peft
+
+    common = {"target_modules": targets, "modules_to_save": heads or None}
+    if method_name in PEFT_INIT:
+        return peft.LoraConfig(r=8, lora_alpha=float(options.alpha), lora_dropout=0.0, use_dora=method_name == "dora",
+                               init_lora_weights=PEFT_INIT[method_name], **common)
+    if method_name == "adalora":  # no orthogonality term in the forward: ours adds it in the loop, not here
+        return peft.AdaLoraConfig(init_r=int(options.rank), target_r=int(options.target_rank),
+                                  lora_alpha=float(options.alpha), orth_reg_weight=0.0, total_step=1000, **common)
+    if method_name == "miss":
+        return peft.MissConfig(r=int(options.rank), miss_dropout=0.0, **common)
+    if method_name == "randlora":
+        return peft.RandLoraConfig(r=int(options.rank), randlora_alpha=float(options.alpha), randlora_dropout=0.0,
+                                   **common)
+    raise SystemExit(f"no PEFT counterpart configured for method {method_name!r}")
 
 
 def peft_side(loaded, method_name: str) -> Callable[[dict], None]:
     import peft
 
-    options = compose([f"method={method_name}", "method.rank=8"]).method
-    cfg = peft.LoraConfig(r=8, lora_alpha=float(options.alpha), lora_dropout=0.0,
-                          target_modules=list(loaded.target_defaults), modules_to_save=list(loaded.head_modules) or None,
-                          use_dora=method_name == "dora", init_lora_weights=PEFT_INIT[method_name])
+    options = method_options(method_name)
+    cfg = peft_config(method_name, options, list(loaded.target_defaults), list(loaded.head_modules))
     model = peft.get_peft_model(copy.deepcopy(loaded.model), cfg)
     return train_step(model.train(), [p for p in model.parameters() if p.requires_grad])
 
@@ -135,7 +160,7 @@ def child_peak_rss(args, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=["lora", "dora", "pissa", "olora"])
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=SHARED)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=64)
