@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from peftlab.errors import UserError
 from peftlab.methods.base import (Adapter, AdapterMethod, adapted_layers, check_rank, factor_gram_distances,
                                   positive_int, probability)
+from peftlab.methods.low_rank import lora_linear
 
 #: The trainable tensors of a triplet set, in PEFT's names: Q, P, Lambda.
 FACTORS = ("lora_A", "lora_B", "lora_E")
@@ -85,6 +86,10 @@ class AdaLoRAAdapter(Adapter):
     def delta_forward(self, x: Tensor) -> Tensor:
         # r0-wide path: (Lambda . Q) x, then P; the m x n update is never built.
         return F.linear(F.linear(self.dropout(x), self.lora_A * self.lora_E), self.lora_B) * self.scale
+
+    def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
+        # base(x) + delta_forward(x) through the fused low-rank node, Lambda folded into Q
+        return lora_linear(x, base, self.lora_A * self.lora_E, self.lora_B, self.scale, self.dropout)
 
     def change_rank_bound(self) -> int:
         return self.rank  # P (Lambda . Q) starts at 0 (Lambda = 0): rank <= r0

@@ -13,8 +13,10 @@ the update in a separate pass. Here every product keeps the long dimension T
 contiguous, the scale lands on r-wide tensors, and both sums happen inside
 the matmuls. It saves what autograd saved before: x, h and the matrices.
 
-Used by LoRA and the LoRA-shaped methods (PiSSA, MiLoRA, OLoRA, EVA, CorDA)
-and by DoRA's direction, when the update sees the layer's own input (no
+Used by LoRA and the LoRA-shaped methods (PiSSA, MiLoRA, OLoRA, EVA, CorDA),
+by DoRA's direction, and by the methods with a diagonal core folded into A
+(AdaLoRA's Lambda, SORSA's S, SVFit's sigma: ``a = diag(core) A`` is one r x n
+product per forward, through which autograd carries the core's gradient), when the update sees the layer's own input (no
 dropout in training), dtypes agree, autocast is off and W and b are frozen.
 Otherwise :func:`lora_linear` takes the plain autograd path, whose casts and
 dropout autograd already gets right.

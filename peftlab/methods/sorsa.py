@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from peftlab.errors import UserError
 from peftlab.methods.base import (Adapter, AdapterMethod, adapted_layers, check_rank, factor_gram_distances,
                                   positive_int, probability)
+from peftlab.methods.low_rank import lora_linear
 
 
 class SORSAAdapter(Adapter):
@@ -81,6 +82,10 @@ class SORSAAdapter(Adapter):
     def delta_forward(self, x: Tensor) -> Tensor:
         # r-wide path: A x, times S, then B; the m x n update is never built.
         return F.linear(F.linear(self.dropout(x), self.sorsa_A) * self.sorsa_S, self.sorsa_B) * self.scale
+
+    def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
+        # base(x) + delta_forward(x) through the fused low-rank node, S folded into A
+        return lora_linear(x, base, self.sorsa_S[:, None] * self.sorsa_A, self.sorsa_B, self.scale, self.dropout)
 
     def factors(self) -> tuple[Tensor, Tensor]:
         return self.sorsa_B, self.sorsa_A

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, check_rank, positive_int
+from peftlab.methods.low_rank import lora_linear
 
 
 def energy_rank(sigma: Tensor, energy: float) -> int:
@@ -80,6 +81,10 @@ class SVFitAdapter(Adapter):
     def delta_forward(self, x: Tensor) -> Tensor:
         # ((x V_r) * sigma) U_r^T: two thin r-wide matmuls.
         return F.linear(F.linear(x, self.V_r.t()) * self.sigma, self.U_r)
+
+    def forward(self, x: Tensor, base: nn.Linear) -> Tensor:
+        # base(x) + delta_forward(x) through the fused low-rank node, sigma folded into V_r^T
+        return lora_linear(x, base, self.sigma[:, None] * self.V_r.t(), self.U_r, 1.0, nn.Identity())
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}" + (f", energy={self.energy}" if self.energy is not None else "")
