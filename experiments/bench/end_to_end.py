@@ -7,7 +7,8 @@ order alternating between pairs so that drift of the machine hits both alike;
 seeds go 0, 1, 2... (the same seed for both in a pair). Measured per process:
 wall time from launch to exit (interpreter start-up, imports, data, training,
 evaluation, checkpoints and all), peak resident memory (the kernel's ru_maxrss
-of the child), and test accuracy (peftlab's summary.json; the script's JSON
+of the child; it includes the high-water mark inherited at fork, which is this
+script's own, a few tens of MB: no torch here), and test accuracy (peftlab's summary.json; the script's JSON
 line). Reported: medians, the ratio peftlab / script per pair, accuracy over seeds.
 """
 

