@@ -3,7 +3,7 @@
 #   1. the training step of every method both have, on MiniLM (with peak memory) and on the tiny causal LM;
 #   2. scaling curves (scaling.py): step time and memory vs rank and sequence length, init time vs size;
 #   3. the whole default run, `peftlab train`, against the PEFT + Trainer script (peft_trainer.py), 3 seeds.
-# Results go to experiments/bench/results/ (JSON) and are printed; results.md describes the committed ones.
+# Results go to experiments/bench/results/ (JSON, the scaling plot) and are printed; README.md reads the committed ones.
 # SLOW=1 adds the step benchmark on Gemma 3 270M (the `lm` extra; about 10 minutes more).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
