@@ -12,8 +12,8 @@ The forward never materialises V:
 
     y = (m/||V||) * (W x + s B A x) + b
 
-with ``W x + s B A x`` one fused node of :mod:`peftlab.methods.low_rank` and the rescale plus bias one ``addcmul``.
-With dropout in training it is PEFT's form,
+with ``W x + s B A x`` one fused node of :mod:`peftlab.methods.low_rank` and
+the rescale plus bias one ``addcmul``. With dropout in training it is PEFT's form,
 ``base(x) + (m/||V|| - 1) * W dropout(x) + (m/||V||) * s B A dropout(x)``.
 As in peft/tuners/lora/dora.py the input is cast to the adapter's dtype and W
 and the norm are taken in that dtype, so outputs match PEFT's
