@@ -57,14 +57,10 @@ def make_batch(loaded, batch: int, length: int) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def embedding_of(model) -> torch.nn.Module:
-    return model.get_input_embeddings()
-
-
 def floor_step(model) -> Callable[[dict], None]:
     for p in model.parameters():
         p.requires_grad_(False)
-    embedding_of(model).register_forward_hook(lambda m, i, out: out.requires_grad_(True))
+    model.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_(True))
     return lambda batch: model(**batch).loss.backward()
 
 

@@ -15,11 +15,12 @@ the matmuls. It saves what autograd saved before: x, h and the matrices.
 
 Used by LoRA and the LoRA-shaped methods (PiSSA, MiLoRA, OLoRA, EVA, CorDA),
 by DoRA's direction, and by the methods with a diagonal core folded into A
-(AdaLoRA's Lambda, SORSA's S, SVFit's sigma: ``a = diag(core) A`` is one r x n
-product per forward, through which autograd carries the core's gradient), when the update sees the layer's own input (no
-dropout in training), dtypes agree, autocast is off and W and b are frozen.
-Otherwise :func:`lora_linear` takes the plain autograd path, whose casts and
-dropout autograd already gets right.
+(AdaLoRA's Lambda, SORSA's S, SVFit's sigma: ``a = diag(core) A`` is one
+r x n product per forward, through which autograd carries the core's
+gradient). It applies when the update sees the layer's own input (no dropout
+in training), dtypes agree, autocast is off and W and b are frozen; otherwise
+:func:`lora_linear` takes the plain autograd path, whose casts and dropout
+autograd already gets right.
 """
 
 from __future__ import annotations
