@@ -57,7 +57,7 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
             if run is None:
                 run, owner = _allocated(procs, cfg, overrides, argv, choices, stamp or {})
             elif procs.is_main:
-                run.set_status("running", resumed_from=checkpoint.name)
+                run.set_status("running", resumed_from=checkpoint.name if checkpoint else None)
                 run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
             if on_run is not None and procs.is_main:
                 on_run(run)
@@ -94,14 +94,15 @@ def _on_main(procs: Processes, make: Callable[[], Any], told: Callable[[Any], An
 
 
 def _opened(procs: Processes, cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Ownership | None,
-                                                                              DictConfig, checkpoints.Checkpoint]:
+                                                                              DictConfig, checkpoints.Checkpoint | None]:
     """The run to resume, reopened by the main process; the others learn it, its config and checkpoint."""
     opened, (path, stored, checkpoint, step) = _on_main(
         procs, lambda: _reopen(cfg, overrides),
-        lambda o: (str(o[0].path), OmegaConf.to_yaml(o[2]), str(o[3].path), o[3].step))
+        lambda o: (str(o[0].path), OmegaConf.to_yaml(o[2]), o[3] and str(o[3].path), o[3] and o[3].step))
     if opened is not None:
         return opened
-    return runs.open_run(path), None, OmegaConf.create(stored), checkpoints.Checkpoint(Path(checkpoint), step)
+    start = checkpoints.Checkpoint(Path(checkpoint), step) if checkpoint else None
+    return runs.open_run(path), None, OmegaConf.create(stored), start
 
 
 def _allocated(procs: Processes, cfg: DictConfig, overrides: list[str], argv: list[str], choices: dict[str, str],
@@ -111,8 +112,14 @@ def _allocated(procs: Processes, cfg: DictConfig, overrides: list[str], argv: li
     return created if created is not None else (runs.open_run(path), None)
 
 
-def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Ownership, DictConfig, checkpoints.Checkpoint]:
-    """The run to resume, owned by this process, its stored config and the checkpoint to start from."""
+def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Ownership, DictConfig,
+                                                             checkpoints.Checkpoint | None]:
+    """The run to resume, owned by this process, its stored config and the checkpoint to start from.
+
+    A run stopped before its first checkpoint is trained again in its own folder from step 0
+    (checkpoint None): its build is seeded, so that is the run it would have been. A run whose
+    checkpoints are all damaged is not: those may be repairable, and are left for the user.
+    """
     from peftlab.config import validate
 
     run = runs.resolve(str(cfg.resume), runs.runs_root(cfg.runs_dir))
@@ -121,7 +128,7 @@ def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Owner
         if run.status == "completed":
             raise UserError(f"run '{run.path}' is already completed: start a new run instead of resume=")
         checkpoint = checkpoints.newest_sound(run.checkpoints_dir, warn=_warn)
-        if checkpoint is None:
+        if checkpoint is None and checkpoints.listed(run.checkpoints_dir):
             raise UserError(f"run '{run.path}' has no usable checkpoint to resume from: start it again")
         try:
             stored = OmegaConf.load(run.config_path)
@@ -131,6 +138,9 @@ def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Owner
             if _overrides_key(overrides, key):
                 OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
         validate(stored)
+        if checkpoint is None:
+            _warn(f"run '{run.path}' stopped before its first checkpoint: training it again from step 0")
+            run.truncate_metrics(0)
         return run, owner, stored, checkpoint
     except BaseException:
         owner.release()

@@ -201,6 +201,40 @@ def test_no_usable_checkpoint_is_one_line(runs_dir):
     assert "Traceback" not in result.stderr
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_trained_again_in_its_own_folder(runs_dir):
+    """resume= on a run killed (SIGKILL: no handler runs) before any checkpoint starts it again
+    from step 0 in the same folder and ends with what an uninterrupted run gives."""
+    import signal
+    import time
+
+    args = [*TINY, "trainer.checkpoint_every=0", "trainer.eval_every=0", "trainer.log_every=1"]
+    env = {**os.environ, "PEFTLAB_RUNS_DIR": str(runs_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab", "train", *args, "trainer.max_steps=100000",
+                             "name=early", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = runs_dir / "early" / "v1" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = runs.resolve("early", runs_dir)
+    assert killed.status == "running" and runs.is_stale(killed) and not checkpoints.listed(killed.checkpoints_dir)
+
+    result = peftlab("train", "resume=early", "trainer.max_steps=6", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "training it again from step 0" in result.stderr and "Traceback" not in result.stderr
+    clean = run_in_process(runs_dir, *args[len(TINY):], "trainer.max_steps=6", "name=clean")
+    again = runs.resolve("early", runs_dir)
+    assert again.path == killed.path and again.status == "completed" and again.meta["resumed_from"] is None
+    assert same_tensors(adapter_tensors(again.adapter_dir), adapter_tensors(clean.adapter_dir))
+
+    def losses(run: runs.Run) -> list[tuple[int, float]]:
+        rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
+
+    assert losses(again) == losses(clean) and [step for step, _ in losses(again)] == list(range(1, 7))
+
+
 def test_a_run_written_by_a_live_process_cannot_be_resumed_by_another(runs_dir):
     run = _interrupted_after(runs_dir, "busy")
     with run.own():
