@@ -32,6 +32,7 @@ from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, check_rank, select_modules
 from peftlab.methods.lora import LoRA, LoRAAdapter
 from peftlab.methods.pissa import no_init_option
+from peftlab.methods.top_singular import top_triplets
 
 MODES = ("ipa", "kpa")
 INVERSE_TOLERANCE = 0.05
@@ -69,10 +70,13 @@ class CorDAAdapter(LoRAAdapter):
             raise ValueError("CorDA needs the input covariance of its layer (Method.calibration_request)")
         w = weight.to(torch.float32)
         fixed, inverse = damped_inverse(calibration["covariance"].to(w.device, torch.float32))
-        U, S, Vh = torch.linalg.svd(w @ fixed, full_matrices=False)
+        if self.mode == "ipa":  # the top r triplets of W C
+            U, S, Vh = top_triplets(w @ fixed, self.rank)
+        else:  # the bottom r: the full SVD (a Gram matrix cannot resolve the smallest)
+            U, S, Vh = torch.linalg.svd(w @ fixed, full_matrices=False)
+            U, S, Vh = U[:, -self.rank:], S[-self.rank:], Vh[-self.rank:]
         V = (Vh @ inverse).transpose(0, 1)
-        part = slice(None, self.rank) if self.mode == "ipa" else slice(-self.rank, None)
-        U, S, V = U[:, part], S[part] / self.scale, V[:, part]
+        S = S / self.scale
         # The expressions of PEFT's corda_init, so both give the same factors.
         self.lora_A.data = V.t().mul(S.sqrt().view(-1, 1)).contiguous()
         self.lora_B.data = U.mul(S.sqrt()).contiguous()

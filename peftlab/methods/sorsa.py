@@ -46,6 +46,7 @@ from peftlab.errors import UserError
 from peftlab.methods.base import (Adapter, AdapterMethod, adapted_layers, check_rank, factor_gram_distances,
                                   positive_int, probability)
 from peftlab.methods.low_rank import lora_linear
+from peftlab.methods.top_singular import top_triplets
 
 
 class SORSAAdapter(Adapter):
@@ -64,10 +65,10 @@ class SORSAAdapter(Adapter):
 
     def initialize(self, weight: Tensor, calibration: Tensor | None = None) -> Tensor | None:
         w = weight.float()
-        u, sigma, vh = torch.linalg.svd(w, full_matrices=False)
-        self.sorsa_B.data.copy_(u[:, : self.rank])
-        self.sorsa_S.data.copy_(sigma[: self.rank])
-        self.sorsa_A.data.copy_(vh[: self.rank])
+        u, sigma, vh = top_triplets(w, self.rank)
+        self.sorsa_B.data.copy_(u)
+        self.sorsa_S.data.copy_(sigma)
+        self.sorsa_A.data.copy_(vh)
         return w - self.scale * ((self.sorsa_B * self.sorsa_S) @ self.sorsa_A)
 
     def change_rank_bound(self) -> int:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, check_rank, positive_int
 from peftlab.methods.low_rank import lora_linear
+from peftlab.methods.top_singular import top_triplets
 
 
 def energy_rank(sigma: Tensor, energy: float) -> int:
@@ -60,9 +61,12 @@ class SVFitAdapter(Adapter):
     @torch.no_grad()
     def initialize(self, weight: Tensor, calibration: Tensor | None = None) -> Tensor | None:
         w = weight.to(torch.float32)
-        U, S, Vh = torch.linalg.svd(w, full_matrices=False)
-        r = energy_rank(S, self.energy) if self.energy is not None else self.rank
-        self.rank = r
+        if self.energy is None:  # only the top r: the fast exact triplets
+            U, S, Vh = top_triplets(w, self.rank)
+        else:  # the rank comes from the whole spectrum
+            U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+            self.rank = energy_rank(S, self.energy)
+        r = self.rank
         self.U_r = U[:, :r].contiguous()
         self.V_r = Vh[:r].t().contiguous()
         self.sigma = nn.Parameter(S[:r].clone())
