@@ -64,7 +64,7 @@ class PiSSAAdapter(LoRAAdapter):
         w = weight.to(torch.float32)
         Ur, Sr, Vhr = self.triplets(w)
         Sr = Sr / self.scale
-        # Same expressions as PEFT's pissa_init, so both give bit-identical factors.
+        # The expressions of PEFT's pissa_init, so equal triplets give equal factors.
         lora_A = torch.diag(torch.sqrt(Sr)) @ Vhr
         lora_B = Ur @ torch.diag(torch.sqrt(Sr))
         self.lora_A.data = lora_A.contiguous()
