@@ -65,6 +65,34 @@ def test_update_follows_the_sum_of_scaled_random_bases():
         assert torch.linalg.matrix_rank(expected).item() == min(expected.shape)  # full rank
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_long_input_goes_through_the_merged_weight_with_the_same_outputs_and_gradients(grad, monkeypatch):
+    """Many tokens: x (W + dW)^T is cheaper than the path through the bases; it must compute the same
+    outputs and gradients as the equation (dW from paper_delta, independently of the implementation)."""
+    model, _ = ours(rank=12)
+    perturb(model)
+    for name, layer in adapted_layers(model).items():
+        adapter = layer.adapter
+        x = torch.randn(4, 512, layer.in_features, requires_grad=True)  # T = 2048 >> k = r N
+        assert adapter.merged_is_cheaper(x, layer.base)
+        assert not adapter.merged_is_cheaper(x[:1, :2], layer.base)  # 2 tokens: through the bases
+        with torch.set_grad_enabled(grad):
+            expected = layer.base(x) + x @ paper_delta(adapter).T
+            got = layer(x)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=name)
+        if grad:
+            upstream = torch.randn_like(got)
+            lam, gam = adapter.randlora_lambda, adapter.randlora_gamma
+            grads = torch.autograd.grad(got, (x, lam, gam), upstream)
+            adapter.dropout = torch.nn.Dropout(0.0)  # counts as dropout: the path through the bases
+            adapter.train()
+            assert not adapter.merged_is_cheaper(x, layer.base)
+            want = torch.autograd.grad(layer(x), (x, lam, gam), upstream)
+            for have, ref, what in zip(grads, want, ("x", "lambda", "gamma")):  # sums over 2048 tokens:
+                assert (have - ref).abs().max() <= 1e-5 * ref.abs().max(), f"{name} d{what}"  # fp32 rounding
+            adapter.dropout = torch.nn.Identity()
+
+
 def test_counts_and_initial_values():
     model, _ = ours(rank=12)
     layer = adapted_layers(model)["bert.encoder.layer.0.intermediate.dense"].adapter  # 64 x 32
