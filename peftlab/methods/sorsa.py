@@ -4,7 +4,7 @@ Cao 2024, "SORSA: Singular Values and Orthonormal Regularized Singular Vectors
 Adaptation of Large Language Models" (official code
 Gunale0926/SORSA, sorsalib).
 
-    W = U diag(sigma) V^T   (exact SVD, fp32)
+    W = U diag(sigma) V^T   (exact top-r triplets, fp32: top_singular.top_triplets)
     B := U_r (m x r),  S := sigma_r (r),  A := V_r^T (r x n)     all trainable
     W_res = W - s B diag(S) A                                     frozen
     y = W_res x + s B diag(S) A dropout(x) + b

@@ -4,7 +4,8 @@ Sun et al. 2024, "SVFit: Parameter-Efficient Fine-Tuning of Large Pre-Trained
 Models Using Singular Values" (only the
 abstract is available, no official code).
 
-    W = U diag(sigma) V^T               (exact thin SVD in fp32)
+    W = U diag(sigma) V^T               (exact top-r triplets in fp32, top_singular.top_triplets;
+                                         the full SVD when the rank comes from an energy threshold)
     W_e = W - U_r diag(sigma_r) V_r^T   (frozen base, rewritten)
     y = W_e x + U_r diag(sigma') V_r^T x,   sigma' initialised to sigma_r
     merge: W_e + U_r diag(sigma') V_r^T;    #P = r
