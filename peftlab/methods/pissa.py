@@ -21,7 +21,7 @@ PEFT's ``init_lora_weights="pissa_niter_K"`` (the README recommends K=4, the
 scripts use K=16), computed row-major. Like PEFT, it draws its random test matrix
 from torch's global generator, so it is reproducible under the run seed. With
 q = r it is far from the exact triplets on slowly decaying spectra (on MiniLM at
-r = 8 and K = 4 the rank-r part is 87% from the exact one): a different start,
+r = 8 and K = 4 the rank-r part is 86% from the exact one): a different start,
 not a cheaper route to the same one.
 
 The residual is computed in fp32 and stored in the layer's dtype; A and B stay
