@@ -23,5 +23,5 @@ else
 fi
 latest=$(ls -d "$out"/studies/intruders/v* | sort -V | tail -1)
 "$python" "$here/summarize.py" "$latest" > "$here/results.md"
-$peftlab compare "$latest" --plot "$here/sensitivity.png" >/dev/null
+$peftlab compare "$latest" --plot "$here/figures" >/dev/null
 cat "$here/results.md"

@@ -19,4 +19,4 @@ else
 fi
 latest=$(ls -d "$out"/studies/methods-tuned/v* | sort -V | tail -1)
 $peftlab compare "$latest" --format markdown | tee "$here/results.md"
-$peftlab compare "$latest" --plot "$here/sensitivity.png" >/dev/null
+$peftlab compare "$latest" --plot "$here/figures" >/dev/null
