@@ -64,6 +64,16 @@ class LowRankLinear(torch.autograd.Function):
         return d_x, None, None, d_a, d_b, None
 
 
+def sees_frozen_input(x: Tensor, weight: Tensor, bias: Tensor | None, dropout: nn.Module,
+                      *dtypes: torch.dtype) -> bool:
+    """Whether an update may be computed together with the frozen ``x W^T + b``: W and b frozen,
+    the update sees x itself (no dropout in training), one dtype throughout, autocast off."""
+    return (not weight.requires_grad and (bias is None or not bias.requires_grad)
+            and (isinstance(dropout, nn.Identity) or not dropout.training)
+            and all(d == x.dtype for d in (weight.dtype, *dtypes))
+            and not torch.is_autocast_enabled(x.device.type))
+
+
 def lora_linear(x: Tensor, base: nn.Linear, a: Tensor, b: Tensor, scale: float,
                 dropout: nn.Module, weight: Tensor | None = None) -> Tensor:
     """``base(x) + scale * (dropout(x) a^T) b^T``, x cast to the factors' dtype for the update.
@@ -74,12 +84,7 @@ def lora_linear(x: Tensor, base: nn.Linear, a: Tensor, b: Tensor, scale: float,
         weight, bias = base.weight, base.bias
     else:
         frozen_path, bias = (lambda inputs: F.linear(inputs, weight)), None
-    fusable = (frozen_path is not None
-               and not weight.requires_grad and (bias is None or not bias.requires_grad)
-               and (isinstance(dropout, nn.Identity) or not dropout.training)
-               and x.dtype == weight.dtype == a.dtype == b.dtype
-               and not torch.is_autocast_enabled(x.device.type))
-    if fusable:
+    if frozen_path is not None and sees_frozen_input(x, weight, bias, dropout, a.dtype, b.dtype):
         return LowRankLinear.apply(x, weight, bias, a, b, float(scale))
     result = (frozen_path or base)(x)
     update = F.linear(F.linear(dropout(x.to(a.dtype)), a), b) * scale

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from peftlab.errors import UserError
 from peftlab.methods.base import Adapter, AdapterMethod, positive_int, probability, select_modules
+from peftlab.methods.low_rank import sees_frozen_input
 from peftlab.methods.native import NativeForm, expect_shape, json_number
 
 BASES = ("dense", "sparse", "very_sparse")
@@ -157,11 +158,8 @@ class RandLoRAAdapter(Adapter):
         4x cheaper. It needs the layer's own input (no dropout in training), one dtype,
         no autocast and a plain frozen Linear.
         """
-        weight = base.weight
-        if (type(base).forward is not nn.Linear.forward or weight.requires_grad
-                or not (isinstance(self.dropout, nn.Identity) or not self.dropout.training)
-                or not x.dtype == weight.dtype == self.randlora_lambda.dtype
-                or torch.is_autocast_enabled(x.device.type)):
+        if type(base).forward is not nn.Linear.forward or not sees_frozen_input(
+                x, base.weight, base.bias, self.dropout, self.randlora_lambda.dtype):
             return False
         tokens, k = x.numel() // x.shape[-1], self.basis_rank * self.count
         m, n = self.out_features, self.in_features
