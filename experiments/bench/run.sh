@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # peftlab against Hugging Face PEFT on the same work, as `make bench` runs it:
-#   1. the training step of every method both have, on MiniLM (with peak memory) and on the tiny causal LM;
+#   1. the training step of every method both have, on MiniLM (with peak memory) and on the tiny causal LM's layers;
 #   2. PiSSA initialisation (init.py): time, and how close each side's start is to the exact triplets;
 #   3. scaling curves (scaling.py): step time and memory vs rank and sequence length, init time vs size;
 #   4. the whole default run, `peftlab train`, against the PEFT + Trainer script (peft_trainer.py), 3 seeds.
@@ -18,8 +18,10 @@ echo "== training step, tiny causal LM (batch 8 x 128 tokens)"
 "$python" "$here/step.py" --model tiny_lm --batch 8 --length 128 --steps 30 --json "$out/step_tiny_lm.json"
 if [ "${SLOW:-0}" = 1 ]; then
   echo "== training step, Gemma 3 270M (batch 4 x 128 tokens)"
-  "$python" "$here/step.py" --model gemma3-270m --batch 4 --length 128 --steps 4 --methods lora,dora \
+  "$python" "$here/step.py" --model gemma3-270m --batch 4 --length 128 --steps 20 --methods lora,dora \
     --json "$out/step_gemma3-270m.json"
+  echo "== causal-LM fine-tuning step with its output layer, Gemma 3 270M (batch 8 arithmetic problems)"
+  "$python" "$here/../bench_lm_step.py" --model gemma3-270m --steps 5
 fi
 echo "== PiSSA initialisation, MiniLM (36 matrices, r = 8)"
 "$python" "$here/init.py" --model minilm --json "$out/init_minilm.json"

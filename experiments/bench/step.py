@@ -4,9 +4,11 @@
                                      [--steps 12] [--batch 32] [--length 64] [--memory]
 
 One step = forward + backward + AdamW step through ``model(**batch).loss`` on
-both sides, so only the adapters differ (peftlab's causal-LM loss, which skips
-the logits of unlabelled positions, is measured apart in
-``experiments/bench_lm_step.py``). The floor is the frozen model's forward plus
+both sides, so only the adapters differ. Every model, decoders included, gets a
+7-class sequence-classification head: what is timed is the transformer's layers
+and their adapters. The causal-LM step with its output layer (where peftlab's
+loss skips the logits of unlabelled positions) is measured apart in
+``experiments/bench_lm_step.py``. The floor is the frozen model's forward plus
 the backward to its input embeddings, which every adapter method pays at least.
 Configurations are timed interleaved, round robin, and medians reported, so
 drift of the machine hits all alike.
@@ -52,8 +54,7 @@ def load(model_name: str):
 def make_batch(loaded, batch: int, length: int) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, min(loaded.tokenizer.vocab_size, 30000), (batch, length), generator=g)
-    causal = "ForCausalLM" in type(loaded.model).__name__
-    labels = ids.clone() if causal else torch.randint(0, 7, (batch,), generator=g)
+    labels = torch.randint(0, 7, (batch,), generator=g)  # load() gives every model a 7-class head
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
