@@ -36,26 +36,29 @@ its plain ``nn.Linear`` and saves an ordinary transformers checkpoint (safetenso
 plus the tokenizer, with ``id2label`` / ``label2id`` from the run.
 
 Both formats also get ``peftlab_export.json`` (the run, its resolved config, labels,
-max_length), so ``peftlab eval OUT`` can evaluate the export on the run's data.
+max_length), so ``peftlab eval OUT`` can evaluate the export on the run's data
+(:mod:`peftlab.exported` reads exports back; :mod:`peftlab.staged_output` writes
+the folder all or nothing).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from peftlab.errors import UserError
-from peftlab.layout import META_FILE
+from peftlab.export_files import (  # noqa: F401  (the names callers use)
+    EXPORT_INFO_FILE,
+    PEFT_CONFIG_FILE,
+    PEFT_WEIGHTS_FILE,
+    REPORT_FILE,
+)
+from peftlab.staged_output import check_output, staged
 
 if TYPE_CHECKING:  # torch is imported inside the functions: the CLI checks paths before paying for it
     from torch import Tensor, nn
@@ -64,112 +67,8 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI checks path
     from peftlab.methods.base import AdaptedLinear, Adapter
 
 FORMATS = ("peft", "merged")
-EXPORT_INFO_FILE = "peftlab_export.json"
-REPORT_FILE = "export_report.json"
-PEFT_CONFIG_FILE = "adapter_config.json"
-PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 PEFT_SHARED_PREFIX = "base_model."  # tensors a PEFT tuner shares between layers (RandLoRA's bases)
-
-
-# --------------------------------------------------------------------------- output folder
-
-
-def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> None:
-    """Refuse to write over anything the user has, unless ``force`` (and never over a run)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output '{out}' is a file: pass a folder path for the export")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not force:
-        raise UserError(f"output folder '{out}' exists and is not empty: choose a new folder or pass --force to replace it")
-    resolved = out.resolve()
-    if (out / META_FILE).is_file() or (run_path is not None and (
-            resolved == Path(run_path).resolve() or resolved in Path(run_path).resolve().parents)):
-        raise UserError(f"output folder '{out}' is (or holds) a run folder: --force never replaces runs; pick another folder")
-    if resolved == Path.cwd().resolve() or resolved == Path.home().resolve() or resolved.parent == resolved:
-        raise UserError(f"output folder '{out}' is the current, home or root folder: pick a dedicated folder")
-
-
-def _staging_path(out: Path) -> Path:
-    """The hidden folder next to ``out`` where the export is written before it is moved into place."""
-    return out.parent / f".{out.name}.export-{os.getpid()}"
-
-
-def _make_staging(tmp: Path, out: Path) -> None:
-    try:
-        if tmp.exists():  # left by an earlier process with the same pid
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise UserError(f"cannot write the export next to '{out}' ({exc.strerror or exc}): pick a writable folder") from None
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (they are delivered then).
-
-    Moving folders into place and removing the staging folder take milliseconds;
-    cut in half by a second Ctrl-C they would leave a partial folder behind.
-    """
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold them with
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """Write into a staging folder; move it to ``out`` on success, remove it on any failure or interrupt.
-
-    BaseException on purpose: Ctrl-C (and SIGTERM, which the CLI turns into
-    KeyboardInterrupt) must not leave a half-written copy of the model behind.
-    """
-    tmp = _staging_path(out)
-    try:
-        _make_staging(tmp, out)
-        yield tmp
-        _follow_umask(tmp)
-        with _signals_deferred():
-            _publish(tmp, out)
-    except BaseException:
-        with _signals_deferred():
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _follow_umask(folder: Path) -> None:
-    """Give every exported file the mode the umask allows (safetensors writes its files 0600)."""
-    from peftlab.runs import file_mode
-
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(file_mode())
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; a folder it replaces is moved aside first and removed last.
-
-    Each step is a rename, so ``out`` is at every moment either the old folder
-    (or absent) or the complete new one, never a mix.
-    """
-    old = out.parent / f".{out.name}.replaced-{os.getpid()}" if out.exists() else None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_info(exp: Experiment, run_path: Path, fmt: str) -> dict[str, Any]:
@@ -371,7 +270,7 @@ def write_peft(exp: Experiment, run_path: Path, out: Path, *, rank: int | None =
     out = Path(out)
     check_output(out, force=force, run_path=run_path)
     tensors, config, report = peft_export(exp, rank)
-    with _staged(out) as tmp:
+    with staged(out) as tmp:
         save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(tmp / PEFT_CONFIG_FILE, config)
         _write_json(tmp / REPORT_FILE, report)
@@ -407,145 +306,9 @@ def write_merged(exp: Experiment, run_path: Path, out: Path, *, force: bool = Fa
         model.config.label2id = {label: i for i, label in enumerate(exp.labels)}
         model.config.num_labels = len(exp.labels)
     report = {"format": "merged", "path": "merged", "layers_merged": merged}
-    with _staged(out) as tmp:
+    with staged(out) as tmp:
         model.save_pretrained(str(tmp))
         exp.tokenizer.save_pretrained(str(tmp))
         _write_json(tmp / REPORT_FILE, report)
         _write_json(tmp / EXPORT_INFO_FILE, _export_info(exp, run_path, "merged"))
     return report
-
-
-# --------------------------------------------------------------------------- reading exports back
-
-
-def export_info(folder: Path) -> dict[str, Any] | None:
-    path = Path(folder) / EXPORT_INFO_FILE
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"'{path}' is not valid JSON: re-export the run") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise UserError(f"'{path}' does not hold the run's config: re-export the run")
-    return info
-
-
-def is_model_folder(folder: Path) -> bool:
-    """A transformers checkpoint folder (config.json + safetensors) that is not a run."""
-    folder = Path(folder)
-    return (folder.is_dir() and (folder / "config.json").is_file() and not (folder / META_FILE).is_file()
-            and any(folder.glob("*.safetensors")))
-
-
-def is_peft_folder(folder: Path) -> bool:
-    folder = Path(folder)
-    return (folder / PEFT_CONFIG_FILE).is_file() and (folder / PEFT_WEIGHTS_FILE).is_file() \
-        and not (folder / META_FILE).is_file()
-
-
-def _labels_of(model: Any) -> list[str] | None:
-    id2label = getattr(model.config, "id2label", None) or {}
-    names = [str(id2label[i]) for i in sorted(id2label, key=int)] if id2label else []
-    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-        return None  # transformers' placeholder names say nothing
-    return names
-
-
-def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int]:
-    """``(model, tokenizer, run config, max_length)`` of an exported folder (merged or PEFT).
-
-    ``cfg`` (a run's resolved config) says which data and base model the export
-    belongs to; without it the folder's ``peftlab_export.json`` must say so.
-    """
-    folder = Path(folder)
-    info = export_info(folder)
-    if cfg is None:
-        if info is None:
-            raise UserError(
-                f"'{folder}' has no {EXPORT_INFO_FILE} to say which data it belongs to: pass --run RUN "
-                f"(the run whose dataset to evaluate on)"
-            )
-        cfg = OmegaConf.create(info["config"])
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    if is_peft_folder(folder):
-        try:
-            from peft import PeftModel
-        except ImportError:
-            raise UserError("evaluating a PEFT adapter folder needs the peft package: pip install peft") from None
-        from peftlab.config import build
-        from peftlab.experiment import build_task
-
-        task = build_task(cfg)
-        labels = (info or {}).get("labels")
-        if labels is None:
-            task.read_labels(build(cfg.dataset, seed=int(cfg.seed)))
-        else:
-            task.load_state({"labels": labels})
-        # the original base, as the run built it
-        loaded = build(cfg.model, head=task.head, seed=int(cfg.seed), **task.model_kwargs())
-        model = PeftModel.from_pretrained(loaded.model, str(folder))
-        return model, loaded.tokenizer, cfg, int(loaded.max_length)
-    if is_model_folder(folder):
-        from transformers import AutoTokenizer
-
-        from peftlab.experiment import build_task
-        from peftlab.models import AUTO_CLASSES, _model_max
-
-        auto = getattr(transformers, AUTO_CLASSES[build_task(cfg).head])
-        try:
-            model = auto.from_pretrained(str(folder), use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        except (OSError, ValueError, KeyError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"cannot load the model in '{folder}' ({first[:200]})") from None
-        if info is not None and "max_length" in info:
-            max_length = int(info["max_length"])
-        else:
-            max_length = min(int(cfg.model.max_length), _model_max(tokenizer, model.config))
-        return model, tokenizer, cfg, max_length
-    raise UserError(
-        f"'{folder}' is neither a run, an exported model (config.json + *.safetensors) nor a PEFT adapter folder"
-    )
-
-
-def evaluate_model(model: nn.Module, tokenizer: Any, cfg: Any, max_length: int, split: str,
-                   batch_size: int | None = None) -> dict[str, float]:
-    """Metrics of ``model`` on ``split`` of the run's dataset (``cfg.dataset``), prepared as the run did."""
-    from peftlab.config import build
-    from peftlab.experiment import build_task
-
-    task = build_task(cfg)
-    raw = build(cfg.dataset, seed=int(cfg.seed))
-    if split not in raw:
-        raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(raw)}")
-    task.read_labels(raw)
-    if task.labels:
-        _check_labels(model, task.labels)
-    splits = task.tokenize(raw, tokenizer, max_length)
-    return evaluate_split(task, model, tokenizer, splits, split, batch_size or int(cfg.trainer.eval_batch_size))
-
-
-def _check_labels(model: nn.Module, labels: list[str]) -> None:
-    if int(model.config.num_labels) != len(labels):
-        raise UserError(f"the model has {model.config.num_labels} labels but the dataset has {len(labels)}: "
-                        f"is --run the run this model was exported from?")
-    named = _labels_of(model)
-    if named is not None and named != list(labels):
-        raise UserError(f"the model's labels {named} differ from the dataset's {list(labels)}: "
-                        f"is --run the run this model was exported from?")
-
-
-def evaluate_split(task: Any, model: nn.Module, tokenizer: Any, splits: Any, split: str,
-                   batch_size: int) -> dict[str, float]:
-    """Every metric the task measures on ``split`` (generations included for a causal LM)."""
-    import torch
-
-    if split not in splits:
-        raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(splits)}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    return task.evaluate(model, tokenizer, splits[split], batch_size=batch_size, device=device, full=True).metrics

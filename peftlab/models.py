@@ -121,7 +121,7 @@ def load_model(
     heads = arch.heads if head == "sequence_classification" else ()
     excluded = arch.heads + OUTPUT_LAYERS
     targets = arch.targets or tuple(_all_linear_names(model, excluded))
-    return LoadedModel(model, tokenizer, source, targets, heads, min(max_length, _model_max(tokenizer, config)))
+    return LoadedModel(model, tokenizer, source, targets, heads, min(max_length, model_max_length(tokenizer, config)))
 
 
 def load_classifier(name: str, num_labels: int | None = None, head: str = "sequence_classification",
@@ -168,7 +168,7 @@ def _all_linear_names(model: Any, heads: Sequence[str]) -> list[str]:
     return sorted(names)
 
 
-def _model_max(tokenizer: Any, config: Any) -> int:
+def model_max_length(tokenizer: Any, config: Any) -> int:
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
     return min(limits) if limits else 1_000_000

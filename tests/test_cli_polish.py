@@ -186,17 +186,17 @@ def test_interrupted_export_leaves_no_staging_folder_and_no_partial_output(tiny_
 
 
 def test_staging_is_removed_on_keyboard_interrupt_and_the_old_output_kept(tmp_path):
-    from peftlab.export import _staged
+    from peftlab.staged_output import staged
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
     with pytest.raises(KeyboardInterrupt):
-        with _staged(out) as tmp:
+        with staged(out) as tmp:
             (tmp / "half.bin").write_bytes(b"\0" * 1000)
             raise KeyboardInterrupt
     assert _staging_leftovers(out) == [] and (out / "old.txt").read_text() == "old"
-    with _staged(out) as tmp:
+    with staged(out) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and _staging_leftovers(out) == []
 

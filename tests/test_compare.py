@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +14,7 @@ import yaml
 
 from peftlab import compare as cmp
 from peftlab.errors import UserError
-
-# test accuracy per (method, rank) for seeds 0 and 1
-GRID = {
-    ("lora", 4): (0.80, 0.81),
-    ("lora", 8): (0.855, 0.865),  # gap to best 0.02 <= 0.0141 + 0.0071: within noise
-    ("pissa", 4): (0.84, 0.85),  # gap 0.035 > 0.0212: not within noise
-    ("pissa", 8): (0.87, 0.89),  # best: 0.88 ± 0.014
-}
-TRAINABLE = {4: 37_000, 8: 74_000}
-CLI = Path(sys.executable).parent / "peftlab"
-
+from tests.fabricated_runs import fabricate_run, grid_store, grouped_rows, member_stamp, run_cli
 
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path, monkeypatch):
@@ -34,84 +23,13 @@ def hermetic(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def fabricate_run(runs: Path, method: str, rank: int, seed: int, acc: float, *, version: int,
-                  status: str = "completed", analysis: bool = True, sweep: dict | None = None) -> Path:
-    d = runs / f"{method}-minilm-stdlib_docs" / f"v{version}"
-    d.mkdir(parents=True)
-    config = {
-        "model": {"name_or_path": "sentence-transformers/all-MiniLM-L6-v2"},
-        "dataset": {"name": "stdlib_docs"},
-        "method": {"_target_": f"peftlab.methods.{method}.{method.upper()}", "rank": rank, "alpha": 16},
-        "optimizer": {"lr": 0.0004},
-        "trainer": {"max_steps": 50, "metric": "accuracy"},
-        "seed": seed,
-        "name": None,
-    }
-    (d / "config.yaml").write_text(yaml.safe_dump(config))
-    (d / "overrides.txt").write_text(f"method={method}\nmethod.rank={rank}\nseed={seed}\n")
-    (d / "meta.json").write_text(json.dumps({
-        "status": status, "started_at": "2024-01-01T00:00:00", "ended_at": "2024-01-01T00:01:35",
-        "seed": seed, "choices": {"method": method, "model": "minilm", "dataset": "stdlib_docs"},
-        **({"sweep": sweep} if sweep else {}),
-    }))
-    lines = []
-    for step in range(10, 60, 10):
-        lines.append({"step": step, "split": "train", "loss": 2.0 / step * (1 + 0.1 * seed) + 0.1 * rank / 8,
-                      "lr": 0.0004, "tokens_per_s": 5000.0, "reg/l2_pretrained": 0.01})
-        if step % 20 == 0 or step == 50:
-            lines.append({"step": step, "split": "validation", "loss": 0.8, "accuracy": acc - 0.05 + step / 1000})
-    (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    if status == "completed":
-        (d / "summary.json").write_text(json.dumps({
-            "test": {"accuracy": acc, "loss": 1.0 - acc},
-            "best_validation": {"step": 50, "accuracy": acc + 0.01, "loss": 0.9 - acc},
-            "final_validation": {"step": 50, "accuracy": acc + 0.01, "loss": 0.9 - acc},
-            "trainable_params": TRAINABLE[rank], "total_params": 22_700_000,
-            "wall_time_s": 95.1 + rank, "tokens_per_s": 5100.0, "peak_memory_mb": 900.0 + rank, "steps": 50,
-        }))
-    if analysis and status == "completed":
-        (d / "analysis.json").write_text(json.dumps({
-            "layers": {}, "model": {"intruders": 12 // rank + seed, "intruder_curve": {"0.5": 12 // rank + seed}},
-        }))
-    return d
-
-
-def member_stamp(index: int, path: str = "sweeps/grid/v1") -> dict:
-    """What train writes into a sweep member's meta.json (path relative to the runs root)."""
-    name, version = path.split("/")[-2:]
-    return {"path": path, "name": name, "version": version, "member": index}
-
-
 @pytest.fixture()
 def runs(tmp_path: Path) -> Path:
-    root = tmp_path / "runs"
-    members = []
-    versions: dict[str, int] = {}
-    for (method, rank), accs in GRID.items():
-        for seed, acc in enumerate(accs):
-            v = versions[method] = versions.get(method, -1) + 1
-            fabricate_run(root, method, rank, seed, acc, version=v, sweep=member_stamp(len(members)))
-            members.append({"index": len(members),
-                            "overrides": [f"method={method}", f"method.rank={rank}", f"seed={seed}"]})
-    members.append({"index": len(members), "overrides": ["method=lora", "method.rank=16", "seed=0"]})  # no run yet
-    # one unfinished run outside the sweep
-    fabricate_run(root, "lora", 8, 2, 0.5, version=99, status="running")
-    sweep = root / "sweeps" / "grid" / "v1"
-    sweep.mkdir(parents=True)
-    (sweep / "sweep.json").write_text(json.dumps({
-        "name": "grid", "version": "v1", "grid": ["method=lora,pissa", "method.rank=4,8", "seed=0,1"],
-        "members": members,
-    }))
-    return root
-
-
-def _rows(root: Path, **kw):
-    kept, left_out = cmp.select(cmp.collect([str(root)]))
-    return cmp.group(kept, **kw), left_out
+    return grid_store(tmp_path / "runs")
 
 
 def test_group_pools_seeds_and_marks_best(runs):
-    rows, left_out = _rows(runs)
+    rows, left_out = grouped_rows(runs)
     assert len(rows) == 4
     assert [r.status for r in left_out] == ["running"]
     assert cmp.left_out_note(left_out).startswith("1 run not completed (1 running)")
@@ -176,16 +94,16 @@ def test_where_filters_and_sort(runs):
 
 
 def test_lower_is_better_metric_and_unknown_metric(runs):
-    rows, _ = _rows(runs, metric="loss")
+    rows, _ = grouped_rows(runs, metric="loss")
     best = next(r for r in rows if r.best)
     assert not best.higher_is_better and best.params == {"method": "pissa", "method.rank": "8"}
     assert best.test_mean == pytest.approx(0.12)
     with pytest.raises(UserError, match="did you mean 'accuracy'"):
-        _rows(runs, metric="acuracy")
+        grouped_rows(runs, metric="acuracy")
 
 
 def test_text_formats(runs):
-    rows, _ = _rows(runs)
+    rows, _ = grouped_rows(runs)
     md = cmp.to_markdown(rows)
     assert md.startswith("| method | method.rank | val accuracy | test accuracy | n |")
     assert "| pissa | 8 | 0.8900 ± 0.0141 | 0.8800 ± 0.0141 | 2 |" in md
@@ -207,7 +125,7 @@ def test_text_formats(runs):
 
 
 def test_plot_and_html(runs, tmp_path):
-    rows, _ = _rows(runs)
+    rows, _ = grouped_rows(runs)
     figs = cmp.plot(rows, tmp_path / "figs")
     names = {f.name for f in figs}
     assert {"loss_curves.png", "val_accuracy.png", "accuracy_vs_rank.png", "accuracy_vs_params.png"} <= names
@@ -235,152 +153,26 @@ def test_no_torch_import(runs):
     assert out.stdout.strip() == "False"
 
 
-def _cli(*args, cwd=None, columns=220):
-    env = {**os.environ, "COLUMNS": str(columns)}
-    return subprocess.run([str(CLI), *args], check=False, capture_output=True, text=True, env=env, cwd=cwd)
-
-
 def test_cli_table_plot_html(runs, tmp_path):
-    res = _cli("compare", str(runs), "--plot", str(tmp_path / "figs"), "--html", str(tmp_path / "r.html"))
+    res = run_cli("compare", str(runs), "--plot", str(tmp_path / "figs"), "--html", str(tmp_path / "r.html"))
     assert res.returncode == 0, res.stderr
     assert "method.rank" in res.stdout and "0.8800 ± 0.0141" in res.stdout and "★ best" in res.stdout
     assert "1 run not completed" in res.stdout
     assert (tmp_path / "figs" / "loss_curves.png").is_file()
     assert '<img src="data:image/png;base64,' in (tmp_path / "r.html").read_text()
-    res = _cli("compare", str(runs / "sweeps" / "grid" / "v1"), "--format", "csv", "--where", "method=pissa", cwd=tmp_path)
+    res = run_cli("compare", str(runs / "sweeps" / "grid" / "v1"), "--format", "csv", "--where", "method=pissa", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 2
 
 
 def test_cli_errors(tmp_path):
-    res = _cli("compare", "/nonexistent")
+    res = run_cli("compare", "/nonexistent")
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "/nonexistent" in res.stderr
-    res = _cli("compare", str(tmp_path))
+    res = run_cli("compare", str(tmp_path))
     assert res.returncode == 2 and "no runs found" in res.stderr and str(tmp_path) in res.stderr
-    res = _cli("compare", str(tmp_path), "--format", "xml")
+    res = run_cli("compare", str(tmp_path), "--format", "xml")
     assert res.returncode == 2 and "--format" in res.stderr
-
-
-# ------------------------------------------------------------ damaged files ---
-DAMAGED = [
-    ("meta.json", "[]", "is not a JSON object"),
-    ("meta.json", "3", "is not a JSON object"),
-    ("meta.json", '{"status": "compl', "is not valid JSON"),
-    ("summary.json", "[1, 2]", "is not a JSON object"),
-    ("summary.json", "3", "is not a JSON object"),
-    ("config.yaml", "- a\n- b\n", "is not a mapping"),
-    ("config.yaml", "a: [unclosed\n", "is not valid YAML"),
-    ("overrides.txt", b"method=\xff\n", "is not UTF-8 text"),
-]
-
-
-@pytest.mark.parametrize("include_all", [False, True])
-@pytest.mark.parametrize(("name", "content", "problem"), DAMAGED)
-def test_damaged_run_file_is_named_and_left_out(runs, name, content, problem, include_all):
-    best = runs / "pissa-minilm-stdlib_docs" / "v3"  # pissa rank 8 seed 1: part of the best row
-    target = best / name
-    target.write_bytes(content if isinstance(content, bytes) else content.encode())
-    notes: list[str] = []
-    recs = cmp.collect([str(runs)], notes=notes)
-    assert f"{target} {problem}: left out" in notes
-    assert best not in {r.path for r in recs}
-    kept, _ = cmp.select(recs, include_all=include_all)
-    assert len(kept) == (8 if include_all else 7)  # 8 completed + 1 running - the damaged one
-    rows = cmp.group(kept)
-    assert all(r.status in ("completed", "running") for r in kept)
-    assert sum(r.best for r in rows) == 1
-
-
-def test_unreadable_summary_is_named(runs):
-    target = runs / "lora-minilm-stdlib_docs" / "v0" / "summary.json"
-    target.unlink()
-    target.mkdir()  # a folder where the file should be: unreadable even for root
-    notes: list[str] = []
-    recs = cmp.collect([str(runs)], notes=notes)
-    assert any(n.startswith(f"{target} cannot be read") and n.endswith(": left out") for n in notes)
-    assert target.parent not in {r.path for r in recs}
-
-
-def test_damaged_analysis_only_loses_the_analysis(runs):
-    target = runs / "lora-minilm-stdlib_docs" / "v0" / "analysis.json"
-    target.write_text("[]")
-    notes: list[str] = []
-    recs = cmp.collect([str(runs)], notes=notes)
-    assert f"{target} is not a JSON object: its analysis is ignored" in notes
-    rec = next(r for r in recs if r.path == target.parent)
-    assert rec.analysis is None
-
-
-@pytest.mark.parametrize("content", ["[]", "3", "{oops", '{"members": 3}'])
-def test_damaged_sweep_json_is_noted(runs, content):
-    sweep = runs / "sweeps" / "grid" / "v1"
-    (sweep / "sweep.json").write_text(content)
-    notes: list[str] = []
-    assert cmp.collect([str(sweep)], notes=notes) == []
-    assert any(n.startswith(str(sweep / "sweep.json")) and "members are not read" in n for n in notes)
-
-
-def test_cli_names_the_damaged_file_when_no_run_is_left(tmp_path):
-    d = fabricate_run(tmp_path / "runs", "lora", 8, 0, 0.8, version=1)
-    (d / "meta.json").write_text("[]")
-    res = _cli("compare", str(tmp_path / "runs"), "--all")
-    assert res.returncode == 2, res.stderr
-    assert f"{d / 'meta.json'} is not a JSON object: left out" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
-def test_cli_notes_a_damaged_run_beside_the_others(runs):
-    (runs / "lora-minilm-stdlib_docs" / "v0" / "meta.json").write_text("3")
-    res = _cli("compare", str(runs), "--all")
-    assert res.returncode == 0, res.stderr
-    assert "meta.json is not a JSON object: left out" in res.stdout and "unknown" not in res.stdout
-
-
-# ------------------------------------------------------------------ widths ---
-def _table_text(rows, width: int) -> str:
-    from rich.console import Console
-
-    console = Console(width=width, record=True, file=io.StringIO())
-    console.print(cmp.render_table(rows, title="t", width=width))
-    return console.export_text()
-
-
-def _metric_strings(rows) -> list[str]:
-    return [cmp.fmt_metric(v) for r in rows for v in (r.val_mean, r.val_std, r.test_mean, r.test_std)]
-
-
-@pytest.mark.parametrize("width", [60, 80, 120])
-def test_table_fits_the_width_and_keeps_every_metric_whole(runs, width):
-    rows, _ = _rows(runs)
-    text = _table_text(rows, width)
-    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
-    for s in _metric_strings(rows):
-        assert s in text
-    if width >= 80:  # mean ± std on one line
-        assert "0.8900 ± 0.0141" in text and "0.8800 ± 0.0141" in text
-    assert "★ best" in text and "≈ best" in text
-    if width < 120:
-        assert "Left out at this width: peak MB" in " ".join(text.split())  # the caption wraps anywhere
-
-
-def test_long_configuration_label_wraps_instead_of_the_metric(tmp_path):
-    d = fabricate_run(tmp_path / "runs", "lora", 8, 0, 0.123456, version=1)
-    (d / "overrides.txt").write_text("method=lora\n" + "".join(f"+extra.option_{i}=value_{i}\n" for i in range(12)))
-    rows, _ = _rows(tmp_path / "runs")
-    for width in (60, 80):
-        text = _table_text(rows, width)
-        assert max(len(line.rstrip()) for line in text.splitlines()) <= width
-        assert "0.1335" in text and "0.1235" in text  # validation, test: whole
-
-
-@pytest.mark.parametrize("width", [60, 80, 120])
-def test_cli_piped_at_narrow_width_shows_the_metric_whole(runs, width):
-    res = _cli("compare", str(runs), columns=width)
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.splitlines()
-    assert max(len(line.rstrip()) for line in lines) <= width
-    assert "0.8900" in res.stdout and "0.8800" in res.stdout and "± 0.0141" in res.stdout
 
 
 # ------------------------------------------------------------ sweep members ---
@@ -445,13 +237,13 @@ def test_rank_figure_draws_the_mean_final_rank_per_layer_and_module_type(runs, t
     from peftlab.compare.rank_figure import rank_panels
     from peftlab.rank_grid import rank_grid
 
-    rows, _ = _rows(runs)
+    rows, _ = grouped_rows(runs)
     assert "ranks.png" not in {f.name for f in cmp.plot(rows, tmp_path / "none")}  # no run recorded ranks
     for i, folder in enumerate(sorted((runs / "pissa-minilm-stdlib_docs").glob("v*"))):
         ranks = {f"bert.encoder.layer.{layer}.attention.self.{kind}": 4 + layer + i
                  for layer in range(2) for kind in ("query", "value")}
         (folder / "ranks.json").write_text(json.dumps({"ranks": ranks}))
-    rows, _ = _rows(runs)
+    rows, _ = grouped_rows(runs)
     panels = dict(rank_panels(rows))
     assert len(panels) == 2  # the two pissa configurations (rank 4 and 8), each over its two seeds
     means = next(iter(panels.values()))
@@ -483,7 +275,7 @@ def test_each_configuration_shows_the_learning_rate_it_trained_at(tmp_path):
     _set_lr(fabricate_run(root, "lora", 8, 0, 0.80, version=1), 2e-3)
     _set_lr(fabricate_run(root, "pissa", 8, 0, 0.82, version=1), 5e-4)
     _set_lr(fabricate_run(root, "pissa", 8, 1, 0.83, version=2), 1e-4)  # one configuration, two rates
-    rows, _ = _rows(root)
+    rows, _ = grouped_rows(root)
     text = cmp.to_markdown(rows)
     header = text.splitlines()[0]
     assert "| lr |" in header
@@ -500,7 +292,7 @@ def test_a_swept_learning_rate_is_not_shown_twice(tmp_path):
         run = fabricate_run(root, "lora", 8, 0, 0.8 + v / 100, version=v)
         _set_lr(run, lr)
         (run / "overrides.txt").write_text(f"method=lora\noptimizer.lr={lr}\nseed=0\n")
-    rows, _ = _rows(root)
+    rows, _ = grouped_rows(root)
     assert "optimizer.lr" in rows[0].params
     assert "| lr |" not in cmp.to_markdown(rows).splitlines()[0]
 
@@ -509,13 +301,13 @@ def test_when_every_configuration_ties_none_is_marked_best(tmp_path):
     root = tmp_path / "runs"
     fabricate_run(root, "lora", 8, 0, 0.80, version=1)
     fabricate_run(root, "pissa", 8, 0, 0.80, version=1)
-    rows, _ = _rows(root)
+    rows, _ = grouped_rows(root)
     assert not any(r.best or r.within_noise for r in rows)
     notes = cmp.row_notes(rows)
     assert any(n.startswith("every configuration ties on validation accuracy (0.81)") for n in notes)
     assert "★" not in cmp.to_markdown(rows)
     fabricate_run(root, "dora", 8, 0, 0.81, version=1)  # one differs: a best again, no tie note
-    rows, _ = _rows(root)
+    rows, _ = grouped_rows(root)
     assert sum(r.best for r in rows) == 1 and not any("ties" in n for n in cmp.row_notes(rows))
 
 
@@ -529,7 +321,7 @@ def test_a_series_with_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in kept) + "\n")
     saved = {}
     monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.__setitem__(Path(path).name, fig))
-    rows, _ = _rows(root)
+    rows, _ = grouped_rows(root)
     cmp.plot(rows, tmp_path / "figs")
     (val_line,) = saved["val_accuracy.png"].axes[0].get_lines()[:1]
     assert len(val_line.get_xdata()) == 1 and val_line.get_marker() == "o"
@@ -540,7 +332,7 @@ def test_a_series_with_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
 def test_rows_carry_a_confidence_interval_and_a_test_against_the_best(runs):
     from scipy import stats
 
-    rows, _ = _rows(runs)
+    rows, _ = grouped_rows(runs)
     best = next(r for r in rows if r.best)
     assert best.p_vs_best is None and best.test_ci is not None
     other = next(r for r in rows if r.label == "method=lora method.rank=4")

@@ -282,7 +282,7 @@ def test_merged_export_reproduces_the_run_and_eval_agrees(lab, tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:
         run_metrics, merged_metrics = pool.map(lambda args: evaluate(*args), [("pissa",), (str(tmp_path / "pissa"),)])
     # The PEFT folder, in-process: the same command code path minus the CLI.
-    from peftlab.export import evaluate_model, load_export
+    from peftlab.exported import evaluate_model, load_export
 
     model, tokenizer, cfg, max_length = load_export(lab["exports"] / "pissa")
     peft_metrics = evaluate_model(model, tokenizer, cfg, max_length, "test")

@@ -40,7 +40,7 @@ def eval_command(
     warnings.filterwarnings("ignore")  # library deprecation notes do not concern the user (as in train)
     root = runs.runs_root(runs_dir)
     folder = Path(path).expanduser()
-    from peftlab.export import is_model_folder, is_peft_folder
+    from peftlab.exported import is_model_folder, is_peft_folder
 
     if folder.is_dir() and (is_model_folder(folder) or is_peft_folder(folder)):
         if overrides:
@@ -64,7 +64,7 @@ def eval_command(
 
 def _evaluate_export(folder, run: Optional[str], root, split: str, batch_size: Optional[int]) -> dict:
     """An exported folder, on the data of ``run`` (or of the run recorded in the folder)."""
-    from peftlab.export import evaluate_model, load_export
+    from peftlab.exported import evaluate_model, load_export
 
     cfg = _run_config(run, root) if run is not None else None
     model, tokenizer, cfg, max_length = load_export(folder, cfg)
@@ -116,7 +116,7 @@ def _evaluate_run(target, split: str, batch_size: Optional[int], dataset=None, d
     """A run's own trained model, on its own data (or on ``dataset``, a dataset config node)."""
     check_trained(target)  # before torch: a damaged folder is one line, not a library's traceback
     from peftlab.experiment import load_trained, load_trained_on
-    from peftlab.export import evaluate_split
+    from peftlab.exported import evaluate_split
 
     if dataset is not None:
         exp = load_trained_on(target.path, dataset, dataset_label)

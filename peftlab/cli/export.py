@@ -29,7 +29,7 @@ def export_command(
     from pathlib import Path
 
     from peftlab import runs
-    from peftlab.export import check_output
+    from peftlab.staged_output import check_output
 
     _check_options(fmt, rank)
     warnings.filterwarnings("ignore")  # library deprecation notes do not concern the user (as in train)
