@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.methods.low_rank import LowRankLinear, lora_linear, merge_pays
+from peftlab.methods.low_rank import LowRankLinear, lora_linear
 
 
 def plain(x, w, bias, a, b, s):
@@ -26,13 +26,12 @@ def operands(shape=(3, 5, 12), m=7, r=4, bias=True, dtype=torch.float64, x_grad=
     return x, w, bb, a, b
 
 
-@pytest.mark.parametrize("merged", [False, True])
 @pytest.mark.parametrize("shape", [(3, 5, 12), (9, 12)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_value_and_gradients_equal_the_plain_composition(shape, bias, merged):
+def test_value_and_gradients_equal_the_plain_composition(shape, bias):
     x, w, bb, a, b = operands(shape, bias=bias)
     upstream = torch.randn(*shape[:-1], 7, dtype=torch.float64)
-    fused = LowRankLinear.apply(x, w, bb, a, b, 2.5, merged)
+    fused = LowRankLinear.apply(x, w, bb, a, b, 2.5)
     grads = torch.autograd.grad(fused, (x, a, b), upstream)
     ref = plain(x, w, bb, a, b, 2.5)
     ref_grads = torch.autograd.grad(ref, (x, a, b), upstream)
@@ -42,28 +41,9 @@ def test_value_and_gradients_equal_the_plain_composition(shape, bias, merged):
         assert got.shape == want.shape
 
 
-@pytest.mark.parametrize("merged", [False, True])
-def test_gradcheck_in_double_precision(merged):
+def test_gradcheck_in_double_precision():
     x, w, bb, a, b = operands((2, 3, 6), m=5, r=2)
-    assert torch.autograd.gradcheck(lambda x, a, b: LowRankLinear.apply(x, w, bb, a, b, 0.7, merged), (x, a, b))
-
-
-def test_the_merged_weight_is_formed_only_where_it_moves_less_memory_and_only_in_full_precision():
-    # 4 m n values (W + s B A, once each way) against 2 T (m + n) (the update added into y and dx)
-    square = torch.empty(384, 384)
-    assert merge_pays(2048, square) and not merge_pays(384, square) and merge_pays(385, square)
-    assert not merge_pays(512, torch.empty(1024, 640))  # 2 m n / (m + n) = 788 tokens
-    assert not merge_pays(1 << 20, torch.empty(384, 384, dtype=torch.bfloat16))  # would round s B A away
-
-
-def test_lora_linear_merges_for_a_long_batch_and_not_for_a_short_one():
-    layer = nn.Linear(12, 7).double().requires_grad_(False)
-    _, _, _, a, b = operands()
-    for tokens, merged in ((2, False), (64, True)):  # 2 m n / (m + n) = 8.8 tokens
-        x = torch.randn(tokens, 12, dtype=torch.float64)
-        out = lora_linear(x, layer, a, b, 1.5, nn.Identity())
-        assert out.grad_fn.merged is merged
-        torch.testing.assert_close(out, plain(x, layer.weight, layer.bias, a, b, 1.5))
+    assert torch.autograd.gradcheck(lambda x, a, b: LowRankLinear.apply(x, w, bb, a, b, 0.7), (x, a, b))
 
 
 def test_an_input_without_gradient_gets_none_and_the_factors_still_train():

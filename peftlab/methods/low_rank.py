@@ -4,10 +4,6 @@
     backward:  G = s B^T dy^T  (r x T)
                dA = G x,   dB = s (h^T dy)^T,   dx = dy W + G^T A    (accumulated in place)
 
-or, when a batch has many tokens (``merge_pays``), with W' = W + s B A formed in each direction:
-
-    forward:   h = x A^T,   y = x W'^T + b;     backward:  dx = dy W',   dA, dB as above
-
 Why a custom node: autograd's generic backward of ``linear`` computes ``dy^T h``
 and ``dy B`` with ``dy`` (T x m, the widest tensor of the layer) transposed
 into the matmul, the slow layout on CPU BLAS (5x slower than ``h^T dy`` for
@@ -39,24 +35,16 @@ from torch import Tensor, nn
 class LowRankLinear(torch.autograd.Function):
     """``x @ w.T + bias + scale * (x @ a.T) @ b.T`` over the last dimension of x (2-D inside).
 
-    ``w`` and ``bias`` are frozen: no gradient is returned for them. ``merged`` computes
-    ``x (w + s b a)^T`` and ``dy (w + s b a)`` instead of adding the update's share to the
-    output and to dx: the same products up to rounding, with less memory traffic when
-    there are many tokens (see :func:`merge_pays`)."""
+    ``w`` and ``bias`` are frozen: no gradient is returned for them."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor, b: Tensor, scale: float,
-                merged: bool = False) -> Tensor:
+    def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor, b: Tensor, scale: float) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
+        out = x2 @ w.t() if bias is None else torch.addmm(bias, x2, w.t())
         h = x2 @ a.t()
-        if merged:
-            w_eff = torch.addmm(w, b, a, alpha=scale)
-            out = x2 @ w_eff.t() if bias is None else torch.addmm(bias, x2, w_eff.t())
-        else:
-            out = x2 @ w.t() if bias is None else torch.addmm(bias, x2, w.t())
-            out.addmm_(h, b.t(), alpha=scale)
+        out.addmm_(h, b.t(), alpha=scale)
         ctx.save_for_backward(x2, h, w, a, b)
-        ctx.scale, ctx.x_shape, ctx.merged = scale, x.shape, merged
+        ctx.scale, ctx.x_shape = scale, x.shape
         return out.view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
@@ -65,31 +53,15 @@ class LowRankLinear(torch.autograd.Function):
         dy = grad.reshape(-1, grad.shape[-1])
         need_x, _, _, need_a, need_b = ctx.needs_input_grad[:5]
         d_x = d_a = d_b = None
-        if need_a or (need_x and not ctx.merged):
+        if need_x or need_a:
             g = (b.t() @ dy.t()).mul_(ctx.scale)  # r x T: the gradient of h, transposed and contiguous
             if need_a:
                 d_a = g @ x2
-            if need_x and not ctx.merged:
+            if need_x:
                 d_x = (dy @ w).addmm_(g.t(), a).view(ctx.x_shape)
-        if need_x and ctx.merged:  # w + s b a again: rebuilding it costs less than keeping it
-            d_x = (dy @ torch.addmm(w, b, a, alpha=ctx.scale)).view(ctx.x_shape)
         if need_b:
             d_b = (h.t() @ dy).mul_(ctx.scale).t().contiguous()
-        return d_x, None, None, d_a, d_b, None, None
-
-
-def merge_pays(tokens: int, weight: Tensor) -> bool:
-    """Whether :class:`LowRankLinear` should form ``w + s b a`` (an m x n matrix, twice a step)
-    rather than add the rank-r share into the output and into dx (T x m and T x n, read and
-    written once each).
-
-    Both are memory-bound at small r, so the count is of values moved: 4 m n against
-    2 T (m + n); merging pays from T > 2 m n / (m + n) tokens, e.g. 384 on a 384 x 384
-    layer (the default encoder's batch has 2048). Only in fp32 and fp64: in half
-    precision, w + s b a would round a small update away.
-    """
-    m, n = weight.shape
-    return weight.dtype in (torch.float32, torch.float64) and tokens * (m + n) > 2 * m * n
+        return d_x, None, None, d_a, d_b, None
 
 
 def sees_frozen_input(x: Tensor, weight: Tensor, bias: Tensor | None, dropout: nn.Module,
@@ -113,8 +85,7 @@ def lora_linear(x: Tensor, base: nn.Linear, a: Tensor, b: Tensor, scale: float,
     else:
         frozen_path, bias = (lambda inputs: F.linear(inputs, weight)), None
     if frozen_path is not None and sees_frozen_input(x, weight, bias, dropout, a.dtype, b.dtype):
-        merged = merge_pays(x.numel() // x.shape[-1], weight)
-        return LowRankLinear.apply(x, weight, bias, a, b, float(scale), merged)
+        return LowRankLinear.apply(x, weight, bias, a, b, float(scale))
     result = (frozen_path or base)(x)
     update = F.linear(F.linear(dropout(x.to(a.dtype)), a), b) * scale
     return result + update.to(result.dtype)
