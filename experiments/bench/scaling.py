@@ -1,7 +1,7 @@
 """How peftlab's costs scale, against Hugging Face PEFT's: step time and activation memory vs rank and
 sequence length, PiSSA initialisation time vs width and number of layers.
 
-    python experiments/bench/scaling.py [--out experiments/bench/results] [--quick]
+    python experiments/bench/scaling.py [--out experiments/bench/results] [--quick] [--parts step,memory,init]
 
 - Step time vs rank (1..256): LoRA on MiniLM, batch 32 x 64 tokens, peftlab and
   PEFT interleaved, median of a few steps per rank.
@@ -12,7 +12,8 @@ sequence length, PiSSA initialisation time vs width and number of layers.
   square Linears, peftlab's ``method.prepare`` and PEFT's ``init_lora_weights="pissa"``,
   with the relative reconstruction error ``||W - (W_res + s B A)|| / ||W||`` of each.
 
-Writes ``scaling.json`` and ``scaling.png`` (four panels) to ``--out``.
+Writes ``scaling.json`` and ``scaling.png`` (four panels) to ``--out``. ``--parts`` measures only
+some of the three; the others are kept from the ``scaling.json`` already in ``--out``.
 """
 
 from __future__ import annotations
@@ -163,19 +164,36 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--quick", action="store_true", help="fewer points and steps (a smoke run)")
+    parser.add_argument("--parts", default="step,memory,init",
+                        help="which curves to measure (the others are kept from --out's scaling.json)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"step", "memory", "init"}:
+        raise SystemExit(f"--parts={args.parts!r}: name some of step, memory, init")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((out / "scaling.json").read_text()) if (out / "scaling.json").is_file() else {}
+    if parts != {"step", "memory", "init"} and not earlier:
+        raise SystemExit(f"--parts={args.parts!r} keeps the other curves from {out / 'scaling.json'}, which is missing")
     ranks = [1, 8, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
     lengths = [16, 64] if args.quick else [16, 32, 64, 128]
-    loaded = load("minilm")
-    results = {"threads": torch.get_num_threads(), "ranks": ranks, "lengths": lengths,
-               "step_ms": step_times(loaded, ranks, 2 if args.quick else 5),
-               "memory": activation_memory(loaded, ranks, lengths), "init": {"by_width": [], "by_layers": []}}
-    for width in ([256, 512] if args.quick else [256, 512, 1024, 2048]):
-        results["init"]["by_width"].append({"x": width, **init_time(width, 8)})
-    for layers in ([4, 8] if args.quick else [4, 8, 16, 32]):
-        results["init"]["by_layers"].append({"x": layers, **init_time(512, layers)})
+    results = dict(earlier)
+    threads = results.get("threads")  # per part: the parts kept from --out may have run at another count
+    threads = dict(threads) if isinstance(threads, dict) else {part: threads for part in ("step", "memory", "init")}
+    results["threads"] = {**threads, **{part: torch.get_num_threads() for part in parts}}
+    if parts & {"step", "memory"}:
+        loaded = load("minilm")
+        results.update(ranks=ranks, lengths=lengths)
+    if "step" in parts:
+        results["step_ms"] = step_times(loaded, ranks, 2 if args.quick else 5)
+    if "memory" in parts:
+        results["memory"] = activation_memory(loaded, ranks, lengths)
+    if "init" in parts:
+        results["init"] = {"by_width": [], "by_layers": []}
+        for width in ([256, 512] if args.quick else [256, 512, 1024, 2048]):
+            results["init"]["by_width"].append({"x": width, **init_time(width, 8)})
+        for layers in ([4, 8] if args.quick else [4, 8, 16, 32]):
+            results["init"]["by_layers"].append({"x": layers, **init_time(512, layers)})
     for key, rows in results["init"].items():
         for row in rows:
             print(f"init {key} {row['x']:5d}: peftlab {row['peftlab'][0]:.3f} s (err {row['peftlab'][1]:.1e}), "
