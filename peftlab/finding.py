@@ -60,6 +60,10 @@ def study_runs(study_dir: Path, notes: list[str] | None = None) -> list[runs.Run
     data = folder.read(study_dir)
     final = folder.sweep_path(study_dir, data.get("final_sweep"))
     if final is not None and final.is_dir():
+        from peftlab.study.choose import recorded_edge_notes
+
+        for edge in recorded_edge_notes(data):
+            _note(notes, f"study {study_dir}: {edge}")
         return sweep_member_runs(final, notes)
     tune = folder.sweep_path(study_dir, data.get("tune_sweep"))
     if tune is None or not tune.is_dir():

@@ -16,7 +16,8 @@ import yaml
 
 from peftlab.errors import UserError
 from peftlab.runs import Run
-from peftlab.study.choose import choose
+from peftlab.finding import study_runs
+from peftlab.study.choose import Choice, choose, edge_notes
 from peftlab.study.spec import parse_tune
 from peftlab.sweep.status import Member
 from tests.conftest import peftlab
@@ -86,6 +87,39 @@ def test_a_lower_is_better_metric_chooses_the_smallest(tmp_path):
         (m.run.path / "summary.json").write_text(json.dumps(summary))
     (choice,) = choose([Member(m.index, m.overrides, Run(m.run.path), m.status) for m in members], ["optimizer.lr"], "loss")
     assert choice.setting == ["optimizer.lr=0.01"]
+
+
+def test_a_choice_at_either_end_of_an_interval_is_named_and_one_inside_is_not():
+    lr = parse_tune("optimizer.lr=tag(log,interval(1e-4,1e-2))", 3)  # 0.0001, 0.001, 0.01
+    rank = parse_tune("method.rank=4,8,16", 3)  # a list: no order to be at the end of
+    choices = [Choice(["method=lora"], ["optimizer.lr=0.0001", "method.rank=4"]),
+               Choice(["method=pissa"], ["optimizer.lr=0.001", "method.rank=16"]),
+               Choice(["method=dora"], ["optimizer.lr=0.01", "method.rank=8"]),
+               Choice(["method=sorsa"])]  # nothing completed: nothing chosen
+    notes = edge_notes(choices, [lr, rank])
+    assert len(notes) == 2
+    assert notes[0].startswith("method=lora: optimizer.lr=0.0001 is the lowest value searched")
+    assert notes[1].startswith("method=dora: optimizer.lr=0.01 is the highest value searched")
+    two = parse_tune("optimizer.lr=tag(log,interval(1e-4,1e-2))", 2)  # every choice is an end: nothing to say
+    assert edge_notes(choices[:1], [two]) == []
+
+
+def test_compare_on_a_study_names_a_choice_at_the_end_of_its_range(tmp_path):
+    final = tmp_path / "sweeps" / "s-final" / "v1"
+    final.mkdir(parents=True)
+    (final / "sweep.json").write_text(json.dumps({"name": "s-final", "version": "v1", "members": []}))
+    study_dir = tmp_path / "studies" / "s" / "v1"
+    study_dir.mkdir(parents=True)
+    tuned = parse_tune("optimizer.lr=tag(log,interval(1e-4,1e-2))", 3)
+    (study_dir / "study.json").write_text(json.dumps({
+        "tuned": [tuned.record()], "final_sweep": "sweeps/s-final/v1",
+        "chosen": [Choice(["method=lora"], ["optimizer.lr=0.001"], 0.8, 3, 3).record(),
+                   Choice(["method=adalora"], ["optimizer.lr=0.01"], 0.9, 3, 3).record()]}))
+    notes: list[str] = []
+    study_runs(study_dir, notes)
+    assert [n for n in notes if "value searched" in n] == [
+        f"study {study_dir}: method=adalora: optimizer.lr=0.01 is the highest value searched; its best may lie "
+        "beyond the range (widen --tune to settle it)"]
 
 
 # ------------------------------------------------------------------ end to end on the tiny model

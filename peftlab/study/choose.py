@@ -4,7 +4,9 @@ A tuning member's overrides are its configuration's overrides plus one value of
 each tuned key plus the tuning seed; its score is the validation metric at the
 checkpoint its run kept (the same number ``peftlab compare`` ranks by). The best
 completed member of each configuration wins; ties go to the first value tried.
-Test results of the tuning runs are never read here.
+Test results of the tuning runs are never read here. A choice at the first or
+last value of an interval is named (``edge_notes``): the configuration's best may
+lie outside the range searched, so its comparison with the others is not settled.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass, field
 
 from peftlab.compare.grouping import lower_is_better
 from peftlab.compare.selection import selected_validation
+from peftlab.study.spec import Tuned
 from peftlab.sweep.planning import key_of
 from peftlab.sweep.status import Member
+from peftlab.values import override_key
 
 
 @dataclass
@@ -76,3 +80,23 @@ def curves(members: Sequence[Member], tuned_keys: Sequence[str], metric: str) ->
         if score is not None:
             found.setdefault(tuple(configuration_of(member.overrides, tuned_keys)), []).append((setting, score))
     return found
+
+
+def edge_notes(choices: Sequence[Choice], tuned: Sequence[Tuned]) -> list[str]:
+    """One line per configuration whose chosen value is the lowest or highest of an interval searched."""
+    notes = []
+    for choice, label in zip(choices, distinguishing([c.configuration for c in choices])):
+        chosen = dict(kv for o in choice.setting if (kv := override_key(o)))
+        for t in tuned:
+            if not t.ordered or len(t.values) < 3 or chosen.get(t.key) not in (t.values[0], t.values[-1]):
+                continue
+            end = "lowest" if chosen[t.key] == t.values[0] else "highest"
+            notes.append(f"{label}: {t.key}={chosen[t.key]} is the {end} value searched; its best may lie beyond "
+                         f"the range (widen --tune to settle it)")
+    return notes
+
+
+def recorded_edge_notes(data: dict) -> list[str]:
+    """``edge_notes`` of a study.json's record (none before its tuning has finished)."""
+    tuned = [Tuned.from_record(t) for t in data.get("tuned") or []]
+    return edge_notes([Choice(**c) for c in data.get("chosen") or []], tuned)

@@ -23,7 +23,7 @@ from typing import Any
 from peftlab import runs
 from peftlab.errors import UserError
 from peftlab.study import folder
-from peftlab.study.choose import Choice, choose, configuration_of, distinguishing
+from peftlab.study.choose import Choice, choose, configuration_of, distinguishing, edge_notes
 from peftlab.study.spec import Tuned, parse_tune
 from peftlab.sweep import BASIC, members, plan, resume, start, start_members
 from peftlab.sweep.folder import sweep_ref
@@ -127,6 +127,8 @@ def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], A
             announce(f"chosen on validation {data['metric']} = {c.validation:.4g}: {label} {' '.join(c.setting)}")
         else:
             announce(f"no tuning run of {label} completed: it has no final runs")
+    for note in edge_notes(choices, tuned):
+        announce(note)
     final = [c.configuration + c.setting + [f"seed={s}"] for c in choices if c.setting for s in data["seeds"]]
     folder.update(study_dir, chosen=[c.record() for c in choices])
     if not final:

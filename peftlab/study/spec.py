@@ -31,6 +31,11 @@ class Tuned:
     def record(self) -> dict:
         return {"key": self.key, "spec": self.spec, "values": list(self.values), "log": self.log}
 
+    @property
+    def ordered(self) -> bool:
+        """Values along a line (an interval or a range), so the first and the last bound the search."""
+        return "interval(" in self.spec or "range(" in self.spec
+
     @classmethod
     def from_record(cls, data: dict) -> "Tuned":
         return cls(str(data["key"]), str(data["spec"]), tuple(str(v) for v in data["values"]), bool(data.get("log")))
