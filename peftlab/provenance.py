@@ -86,14 +86,20 @@ def new_meta(argv: list[str], seed: int, device: str | None = None) -> dict:
         "seed": seed,
         "device": device,
         "pid": os.getpid(),
+        "pid_start": process_start(),
         "host": socket.gethostname(),
         "git": git_info(),
         "environment": environment(),
     }
 
 
-def pid_alive(pid: Any) -> bool | None:
-    """Whether process ``pid`` exists on this host (None when it cannot be told)."""
+def pid_alive(pid: Any, started: Any = None) -> bool | None:
+    """Whether process ``pid`` exists on this host (None when it cannot be told).
+
+    ``started``: the process's ``process_start`` when it was recorded. A pid is
+    reused, by a later process or after a restart, so a live pid whose start
+    differs is another process: the recorded one is gone.
+    """
     try:
         pid = int(pid)
     except (TypeError, ValueError):
@@ -106,4 +112,22 @@ def pid_alive(pid: Any) -> bool | None:
         return False
     except (PermissionError, OSError):
         return True
+    if started:
+        now = process_start(pid)
+        return now is None or now == started
     return True
+
+
+def process_start(pid: int | None = None) -> str | None:
+    """When process ``pid`` (this one by default) started, as ``<boot id>:<clock ticks after boot>``.
+
+    With its pid it names one process for good. None where /proc does not tell
+    (not Linux) or the process is gone.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{os.getpid() if pid is None else int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    after_name = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+    return f"{boot}:{after_name[19]}" if len(after_name) > 19 else None  # field 22 of proc(5): starttime

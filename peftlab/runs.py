@@ -28,7 +28,7 @@ from peftlab.files import (  # noqa: F401  (part of the store's API)
 )
 from peftlab.layout import META_FILE, OWNER_FILE, SWEEP_FILE
 from peftlab.ownership import Ownership, RunBusy  # noqa: F401  (part of the store's API)
-from peftlab.provenance import environment, git_info, new_meta, pid_alive  # noqa: F401  (part of the store's API)
+from peftlab.provenance import environment, git_info, new_meta, pid_alive, process_start  # noqa: F401  (part of the store's API)
 from peftlab.run_folder import STATUSES, TERMINAL, Run, read_jsonl  # noqa: F401  (part of the store's API)
 from peftlab.timestamps import age, now_iso, parse_iso  # noqa: F401  (part of the store's API)
 
@@ -268,7 +268,7 @@ def is_stale(run: Run) -> bool:
     host = meta.get("host") or (meta.get("environment") or {}).get("hostname")
     if host != socket.gethostname():
         return False
-    return pid_alive(meta.get("pid")) is False
+    return pid_alive(meta.get("pid"), meta.get("pid_start")) is False
 
 
 def is_live(run: Run) -> bool:

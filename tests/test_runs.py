@@ -143,6 +143,11 @@ def test_set_status_terminal_states_record_end_and_unknown_is_refused(tmp_path):
     run.set_status("running")  # e.g. resumed: this process owns it now
     assert run.meta["ended_at"] is None and run.meta["pid"] == os.getpid()
     assert not runs.is_stale(run)
+    if runs.process_start() is not None:  # the pid alive, but taken by another process since (a restart, say)
+        run.write_meta(pid_start="another-boot:12345")
+        assert runs.is_stale(run)
+        run.set_status("running")
+        assert run.meta["pid_start"] == runs.process_start() and not runs.is_stale(run)
     run.set_status("interrupted")
     assert run.status == "interrupted" and run.meta["ended_at"]
     with pytest.raises(ValueError, match="status must be one of"):

@@ -129,6 +129,22 @@ def test_the_sweep_is_completed_failed_or_running_as_its_members_and_launcher_sa
     assert sw.state(sweep_dir).status == "running"
 
 
+@pytest.mark.skipif(runs.process_start() is None, reason="process start times are read from /proc")
+def test_a_launchers_pid_taken_by_another_process_does_not_keep_the_sweep_running(runs_dir):
+    """After a restart (or much later) the recorded pid can name another live process: its start tells."""
+    from peftlab import sweep as sw
+
+    sweep_dir = make_sweep(runs_dir, members=GRID[:1])
+    make_member(runs_dir, 0, "completed")
+    (sweep_dir / "hydra").mkdir()
+    record = {"pid": os.getppid(), "host": socket.gethostname()}
+    launch = sweep_dir / "hydra" / "launch.json"
+    launch.write_text(json.dumps({**record, "pid_start": runs.process_start(os.getppid())}))
+    assert sw.state(sweep_dir).status == "running"  # the very process that launched it
+    launch.write_text(json.dumps({**record, "pid_start": "another-boot:12345"}))
+    assert sw.state(sweep_dir).status == "completed"  # the pid is alive, but it is someone else
+
+
 def test_a_search_sweepers_members_come_from_their_runs(runs_dir):
     from peftlab import sweep as sw
 

@@ -35,7 +35,7 @@ def create_described(parent: Path, name: str, file_name: str, record: dict[str, 
     folder = runs.allocate(Path(parent), name)
     path = folder.path.resolve()
     data = {"name": name, "version": folder.version, **record, "created_at": runs.now_iso(),
-            "pid": os.getpid(), "host": socket.gethostname()}
+            "pid": os.getpid(), "pid_start": runs.process_start(), "host": socket.gethostname()}
     runs.atomic_write_json(path / file_name, data)
     return path
 
@@ -85,8 +85,8 @@ def next_hydra_dir(sweep_dir: Path) -> Path:
 def write_launch(hydra_dir: Path, **fields: Any) -> None:
     """launch.json, once per launch: what it runs, and the process that launched it (its members watch it)."""
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(hydra_dir / LAUNCH_FILE, {**fields, "pid": os.getpid(), "host": socket.gethostname(),
-                                                     "at": runs.now_iso()})
+    runs.atomic_write_json(hydra_dir / LAUNCH_FILE, {**fields, "pid": os.getpid(), "pid_start": runs.process_start(),
+                                                     "host": socket.gethostname(), "at": runs.now_iso()})
 
 
 def read_launch(hydra_dir: Path) -> dict:
@@ -101,10 +101,14 @@ def latest_launch(sweep_dir: Path) -> dict:
 
 
 def live_launcher(sweep_dir: Path) -> int | None:
-    """The pid of another live process on this host that launched the sweep's newest launch, or None."""
+    """The pid of another live process on this host that launched the sweep's newest launch, or None.
+
+    The recorded start tells that process from a later one given the same pid (after a restart, say).
+    """
     record = latest_launch(sweep_dir)
     pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or pid == os.getpid() or not runs.pid_alive(pid):
+    if (record.get("host") != socket.gethostname() or pid == os.getpid()
+            or not runs.pid_alive(pid, record.get("pid_start"))):
         return None
     return int(pid)
 
