@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from peftlab.config import config_dir
 from tests.conftest import peftlab
@@ -254,6 +256,24 @@ def test_killed_sweep_continues_with_only_the_missing_members(runs_dir):
     again = peftlab("sweep", "--continue", str(sweep_dir))
     assert again.returncode == 0 and "nothing to continue" in again.stdout
     assert len(_runs_with_status(runs_dir, "completed")) == 4
+
+
+def test_a_moved_run_store_continues_in_its_new_place(tmp_path, runs_dir):
+    """--runs-dir becomes a runs_dir= among the members' overrides; the sweep's own folder decides where runs go."""
+    old, new = tmp_path / "old-runs", tmp_path / "moved"
+    res = peftlab("sweep", *BASE, "seed=0,1", "--runs-dir", str(old))
+    assert res.returncode == 0, res.stdout + res.stderr
+    shutil.move(str(old), str(new))
+    (sweep_dir,) = _sweep_dirs(new)
+    dropped = Path(_members(sweep_dir)[1]["run"])
+    shutil.rmtree(dropped)  # member 1 is pending again
+
+    res = peftlab("sweep", "--continue", str(sweep_dir))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not old.exists()  # nothing went back to where the store was
+    members = _check_completed(sweep_dir, 2)
+    assert all(Path(m["run"]).parent.parent == new for m in members)
+    assert yaml.safe_load((Path(members[1]["run"]) / "config.yaml").read_text())["runs_dir"] == str(new)
 
 
 def _fake_sweep(runs: Path, run_meta: dict | None) -> Path:

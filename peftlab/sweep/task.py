@@ -194,7 +194,7 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
     made: list[runs.Run] = []  # the run folder, once train has made (or reopened) it
     value, status, error = None, "failed", None
     try:
-        _prepare(cfg, hc, job)
+        _prepare(cfg, job)
         run = _train(cfg, hc, job, sweep, overrides, made.append)
         value, status = _objective(run, cfg), run.status
     except KeyboardInterrupt:
@@ -212,18 +212,21 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
     return value
 
 
-def _prepare(cfg: Any, hc: Any, job: _Job) -> None:
-    """Validate the member's config; its run goes into the sweep's runs folder unless runs_dir= says otherwise."""
+def _prepare(cfg: Any, job: _Job) -> None:
+    """Validate the member's config; its run goes into the runs folder that holds the sweep.
+
+    The sweep was created where ``runs_dir`` pointed, so that folder is what it
+    said. A ``runs_dir=`` among the stored overrides is not read again: in a run
+    store moved or copied since (or a launcher starting jobs in another working
+    directory), it would send the runs away from their sweep.
+    """
     from omegaconf import OmegaConf
 
     from peftlab.config import validate
 
     validate(cfg)
-    # Launchers may start jobs elsewhere, with another environment: the sweep's folder, or runs_dir=
-    # relative to where the sweep was started, decides.
-    root = Path(str(cfg.runs_dir)).expanduser() if cfg.runs_dir else runs_root_of(job.sweep_dir)
     OmegaConf.set_struct(cfg, False)
-    cfg.runs_dir = str(root if root.is_absolute() else Path(str(hc.runtime.cwd)) / root)
+    cfg.runs_dir = str(runs_root_of(job.sweep_dir))
     OmegaConf.set_struct(cfg, True)
 
 
@@ -248,7 +251,7 @@ def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[s
     So the run folders alone tell how every member ended. Best effort: when even
     this cannot be written (a full disk), the member stays pending.
     """
-    root = runs_root_of(job.sweep_dir) if not cfg.get("runs_dir") else Path(str(cfg.runs_dir))
+    root = runs_root_of(job.sweep_dir)
     try:
         run = _allocate_named(root, cfg, _choices(hc))
         with run.own():
