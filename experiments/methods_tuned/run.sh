@@ -2,9 +2,10 @@
 # Every method on the offline defaults at its own best learning rate: one `peftlab study`.
 #   tuning: each method at 6 learning rates on a log grid over [1e-5, 1e-2] (seed 0), chosen on validation;
 #   final:  each method's chosen rate with 3 fresh seeds (1, 2, 3); the table reports their test accuracy.
-# 19 methods x (6 + 3) = 171 runs: about 4-5 hours on 2 cores (JOBS=2). Interrupt it at will:
+# 19 methods x (6 + 3) = 171 runs: about 6 hours on 2 cores (JOBS=2). Interrupt it at will:
 #   bash experiments/methods_tuned/run.sh  continues the newest study where it stopped (CONTINUE=0: a new one).
-# RUNS picks the runs folder (default: this experiment's runs/, not committed).
+# RUNS picks the runs folder (default: this experiment's runs/; the records of its finished runs are committed,
+#   see records.py, so a fresh clone continues the committed study).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${RUNS:-$here/runs}"
