@@ -159,6 +159,22 @@ def test_show_prints_provenance_diff_summary_and_metrics(store):
     assert "step=120" in text and "step=80" in text and "step=70" not in text  # the last five lines
 
 
+def test_show_says_whether_the_adapter_can_be_loaded(tmp_path):
+    run = _fabricate(tmp_path, "lora-minilm", started_at="2024-05-01T10:00:00+00:00", summary={})
+
+    def adapter_line() -> str:
+        out = peftlab("show", str(run.path))
+        assert out.returncode == 0, out.stderr
+        return " ".join(out.stdout.split("adapter", 1)[1].split("checkpoints", 1)[0].split())
+
+    assert "(not written)" in adapter_line()
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text("{}")
+    assert "no weights here" in adapter_line()  # a record kept without its weights
+    (run.adapter_dir / "adapter.safetensors").write_bytes(b"")
+    assert "(" not in adapter_line()
+
+
 def test_show_latest_version_by_name_and_by_path(store):
     by_name = peftlab("show", "lora-minilm", "--runs-dir", str(store))
     assert by_name.returncode == 0, by_name.stderr

@@ -14,7 +14,7 @@ from peftlab.cli.app import app
 from peftlab.cli.common import console, runs_dir_option
 from peftlab.cli.runs import fmt, method_name, status_text
 from peftlab.errors import UserError
-from peftlab.run_files import run_problem
+from peftlab.run_files import ADAPTER_WEIGHTS, run_problem
 
 LAST_METRICS = 5
 # Leaves that describe a component rather than configure it; not worth a diff row.
@@ -99,6 +99,15 @@ def _config_diff(run: store.Run) -> None:
         table.add_row(escape(key), escape(_show_value(a)), escape(_show_value(b)))
     console.print(table)
 
+
+
+def _adapter_note(run: store.Run) -> str:
+    """Why the adapter folder cannot be used, when a glance tells: never written, or its weights removed."""
+    if not run.adapter_dir.is_dir():
+        return " [dim](not written)[/dim]"
+    if not (run.adapter_dir / ADAPTER_WEIGHTS[0]).is_file():
+        return " [dim](no weights here: eval and export cannot load it)[/dim]"
+    return ""
 
 def _summary(run: store.Run) -> None:
     summary = run.summary
@@ -251,7 +260,7 @@ def show_command(
     grid = _grid()
     _kv(grid, "folder", escape(str(run.path)))
     adapter = run.adapter_dir
-    _kv(grid, "adapter", escape(str(adapter)) if adapter.is_dir() else f"{escape(str(adapter))} [dim](not written)[/dim]")
+    _kv(grid, "adapter", escape(str(adapter)) + _adapter_note(run))
     ckpts = run.checkpoints_dir
     if ckpts.is_dir():
         n = sum(1 for p in ckpts.iterdir() if p.is_dir())
