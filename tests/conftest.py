@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fabricated_runs"]  # compare's fabricated run folders, as fixtures
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_cache(tmp_path_factory):

@@ -1,4 +1,7 @@
-"""Run folders fabricated for ``compare``'s tests: what ``peftlab train`` would have written, without training."""
+"""Run folders fabricated for ``compare``'s tests: what ``peftlab train`` would have written, without training.
+
+A pytest plugin (see conftest.py): its fixtures ``hermetic`` and ``runs`` serve every test file that asks for them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from peftlab import compare as cmp
@@ -21,6 +25,20 @@ GRID = {
 }
 TRAINABLE = {4: 37_000, 8: 74_000}
 CLI = Path(sys.executable).parent / "peftlab"
+
+
+
+@pytest.fixture
+def hermetic(tmp_path, monkeypatch):
+    """No test reads the current directory's runs/ or the user's PEFTLAB_RUNS_DIR."""
+    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(tmp_path / "env-runs"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """The fabricated 2 methods x 2 ranks x 2 seeds grid, plus a running run (``grid_store``)."""
+    return grid_store(tmp_path / "runs")
 
 
 def fabricate_run(runs: Path, method: str, rank: int, seed: int, acc: float, *, version: int,

@@ -15,7 +15,7 @@ from peftlab.errors import UserError
 from peftlab.methods.adalora import FACTORS, AdaLoRA
 from peftlab.methods.base import adapted_layers
 from tests.conftest import peftlab
-from tests.test_method_contract import batch, tiny_bert
+from tests.test_method_contract import tiny_bert
 
 TARGETS = ["query", "value"]  # 2 layers x 2 = 4 matrices of the tiny BERT (32 x 32)
 

@@ -14,18 +14,9 @@ import yaml
 
 from peftlab import compare as cmp
 from peftlab.errors import UserError
-from tests.fabricated_runs import fabricate_run, grid_store, grouped_rows, member_stamp, run_cli
+from tests.fabricated_runs import fabricate_run, grouped_rows, member_stamp, run_cli
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No test reads the current directory's runs/ or the user's PEFTLAB_RUNS_DIR."""
-    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(tmp_path / "env-runs"))
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture()
-def runs(tmp_path: Path) -> Path:
-    return grid_store(tmp_path / "runs")
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def test_group_pools_seeds_and_marks_best(runs):

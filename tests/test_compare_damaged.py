@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 
 from peftlab import compare as cmp
-from tests.fabricated_runs import fabricate_run, grid_store, grouped_rows, run_cli
+from tests.fabricated_runs import fabricate_run, grouped_rows, run_cli
 
-
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No test reads the current directory's runs/ or the user's PEFTLAB_RUNS_DIR."""
-    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(tmp_path / "env-runs"))
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture()
-def runs(tmp_path: Path) -> Path:
-    return grid_store(tmp_path / "runs")
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 # ------------------------------------------------------------ damaged files ---

@@ -22,11 +22,7 @@ CLI = Path(sys.executable).parent / "peftlab"
 STDLIB = {"_target_": "peftlab.data.builtin.load_stdlib_docs", "text_field": "text", "label_field": "label"}
 
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No test reads the current directory's runs/ or the user's PEFTLAB_RUNS_DIR."""
-    monkeypatch.setenv("PEFTLAB_RUNS_DIR", str(tmp_path / "env-runs"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def summary(val=None, test=None, *, selection="best", best=None, final=None) -> dict:

@@ -7,8 +7,6 @@ import copy
 import pytest
 import torch
 
-from peftlab.calibration import CalibrationData, Request
-from peftlab.calibration.covariance import Covariance
 from peftlab.calibration.explained_variance import redistribute
 from peftlab.calibration.run import collect
 from peftlab.config import build, compose

@@ -13,7 +13,6 @@ import subprocess
 import pytest
 
 from tests.conftest import peftlab
-from tests.test_compare import runs  # noqa: F401  (the fabricated 2x2x2 grid fixture)
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
@@ -28,7 +27,7 @@ def screenshot(html, png, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's chromium)")
-def test_html_report_renders_table_and_figures(runs, tmp_path):  # noqa: F811
+def test_html_report_renders_table_and_figures(runs, tmp_path):
     from PIL import Image
 
     html = tmp_path / "report.html"
