@@ -85,9 +85,7 @@ def new_meta(argv: list[str], seed: int, device: str | None = None) -> dict:
         "argv": list(argv),
         "seed": seed,
         "device": device,
-        "pid": os.getpid(),
-        "pid_start": process_start(),
-        "host": socket.gethostname(),
+        **this_process(),
         "git": git_info(),
         "environment": environment(),
     }
@@ -116,6 +114,11 @@ def pid_alive(pid: Any, started: Any = None) -> bool | None:
         now = process_start(pid)
         return now is None or now == started
     return True
+
+
+def this_process() -> dict[str, Any]:
+    """What names this process in a record: pid, its start (see ``process_start``) and host."""
+    return {"pid": os.getpid(), "pid_start": process_start(), "host": socket.gethostname()}
 
 
 def process_start(pid: int | None = None) -> str | None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,7 @@ from peftlab.layout import (
     SUMMARY_FILE,
 )
 from peftlab.ownership import Ownership
-from peftlab.provenance import process_start
+from peftlab.provenance import this_process
 from peftlab.run_files import read_json_object, read_text, read_yaml_mapping
 from peftlab.timestamps import now_iso
 from peftlab.values import MISSING, override_key, parse_scalar
@@ -388,7 +387,7 @@ class Run:
                 meta["history"] = [*meta.get("history", []), past]
             for stale in ("error", "step"):
                 meta.pop(stale, None)
-            meta.update(ended_at=None, pid=os.getpid(), pid_start=process_start(), host=socket.gethostname())
+            meta.update(ended_at=None, **this_process())
         meta.update(status=status, **fields)
         atomic_write_json(self.meta_path, meta)
         self._files[META_FILE] = (meta, None)

@@ -100,7 +100,6 @@ def _config_diff(run: store.Run) -> None:
     console.print(table)
 
 
-
 def _adapter_note(run: store.Run) -> str:
     """Why the adapter folder cannot be used, when a glance tells: never written, or its weights removed."""
     if not run.adapter_dir.is_dir():
@@ -108,6 +107,7 @@ def _adapter_note(run: store.Run) -> str:
     if not (run.adapter_dir / ADAPTER_WEIGHTS[0]).is_file():
         return " [dim](no weights here: eval and export cannot load it)[/dim]"
     return ""
+
 
 def _summary(run: store.Run) -> None:
     summary = run.summary

@@ -15,6 +15,7 @@ from typing import Any
 from peftlab import runs
 from peftlab.errors import UserError, did_you_mean
 from peftlab.layout import HYDRA_DIR, LAUNCH_FILE, STOP_FILE, SWEEP_FILE, SWEEPS_DIR
+from peftlab.provenance import this_process
 from peftlab.run_files import read_json_object
 
 
@@ -35,7 +36,7 @@ def create_described(parent: Path, name: str, file_name: str, record: dict[str, 
     folder = runs.allocate(Path(parent), name)
     path = folder.path.resolve()
     data = {"name": name, "version": folder.version, **record, "created_at": runs.now_iso(),
-            "pid": os.getpid(), "pid_start": runs.process_start(), "host": socket.gethostname()}
+            **this_process()}
     runs.atomic_write_json(path / file_name, data)
     return path
 
@@ -85,8 +86,7 @@ def next_hydra_dir(sweep_dir: Path) -> Path:
 def write_launch(hydra_dir: Path, **fields: Any) -> None:
     """launch.json, once per launch: what it runs, and the process that launched it (its members watch it)."""
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(hydra_dir / LAUNCH_FILE, {**fields, "pid": os.getpid(), "pid_start": runs.process_start(),
-                                                     "host": socket.gethostname(), "at": runs.now_iso()})
+    runs.atomic_write_json(hydra_dir / LAUNCH_FILE, {**fields, **this_process(), "at": runs.now_iso()})
 
 
 def read_launch(hydra_dir: Path) -> dict:
