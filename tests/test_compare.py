@@ -329,8 +329,43 @@ def test_rows_carry_a_confidence_interval_and_a_test_against_the_best(runs):
     other = next(r for r in rows if r.label == "method=lora method.rank=4")
     expected = stats.ttest_ind(other.test_values, best.test_values, equal_var=False).pvalue
     assert other.p_vs_best == pytest.approx(expected) and other.g_vs_best < 0
+    # Holm over the three rows tested against the best, by hand: sorted p times 3, 2, 1, running maximum
+    others = sorted((r for r in rows if not r.best), key=lambda r: r.p_vs_best)
+    running = 0.0
+    for factor, r in zip((3, 2, 1), others):
+        running = max(running, min(1.0, factor * r.p_vs_best))
+        assert r.p_holm_vs_best == pytest.approx(running)
+    assert best.p_holm_vs_best is None
     text = cmp.to_markdown(rows)
-    assert "| test 95% CI |" in text.splitlines()[0] and "| p vs best |" in text.splitlines()[0]
-    assert "Welch's t test" in text
+    header = text.splitlines()[0]
+    assert "| test 95% CI |" in header and "| p vs best |" in header and "| Holm p |" in header
+    assert "Welch's t test" in text and "adjusted for the 3 tests in this table (Holm)" in text
     data = json.loads(cmp.to_json(rows))["rows"]
-    assert any(d["verdict_vs_best"] in ("differs", "not distinguishable") for d in data)
+    for d, r in zip(data, rows):
+        assert d["p_holm_vs_best"] == r.p_holm_vs_best
+        expected = None if r.best else ("differs" if r.p_holm_vs_best < 0.05 else "not distinguishable")
+        assert d["verdict_vs_best"] == expected
+
+
+def test_the_verdict_reads_the_adjusted_p_not_the_raw_one(tmp_path):
+    """Four rows tested against the best; pissa's raw p is about 0.02: alone it would differ, one of four it does not."""
+    from scipy import stats
+
+    root = tmp_path / "runs"
+    version = iter(range(1, 100))
+    accs = {"olora": [0.90, 0.91, 0.93], "pissa": [0.85, 0.87, 0.88], "dora": [0.89, 0.90, 0.92],
+            "milora": [0.89, 0.91, 0.92], "lora": [0.90, 0.91, 0.92]}
+    for method, values in accs.items():
+        for seed, acc in enumerate(values):
+            fabricate_run(root, method, 8, seed, acc, version=next(version))
+    rows, _ = grouped_rows(root)
+    by_method = {r.params["method"]: r for r in rows}
+    assert by_method["olora"].best and sum(r.p_vs_best is not None for r in rows) == 4
+    pissa = by_method["pissa"]
+    raw = stats.ttest_ind(accs["pissa"], accs["olora"], equal_var=False).pvalue
+    assert pissa.p_vs_best == pytest.approx(raw) and 0.0125 < raw < 0.05  # the smallest of four: times 4
+    assert pissa.p_holm_vs_best == pytest.approx(4 * raw)
+    verdicts = {d["method"]: d["verdict_vs_best"] for d in json.loads(cmp.to_json(rows))["rows"]}
+    assert verdicts["pissa"] == "not distinguishable" and verdicts["olora"] is None
+    line = next(x for x in cmp.to_markdown(rows).splitlines() if x.startswith("| pissa "))
+    assert f"| {4 * raw:.2g} n.d. |" in line

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from peftlab.compare.significance import hedges_g, mean_ci, verdict, welch_p
+from peftlab.compare.significance import hedges_g, holm, mean_ci, verdict, welch_p
 
 
 def test_confidence_interval_by_hand():
@@ -47,3 +47,17 @@ def test_hedges_g_by_hand():
 
 def test_verdict_reads_the_threshold():
     assert verdict(0.01) == "differs" and verdict(0.2) == "not distinguishable" and verdict(None) == ""
+
+
+def test_holm_by_hand():
+    # sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # None (the best row, a row without seeds) is neither adjusted nor counted: m = 2 here
+    assert holm([None, 0.02, None, 0.5]) == [None, pytest.approx(0.04), None, pytest.approx(0.5)]
+    assert holm([0.3, 0.6]) == [0.6, 0.6]  # capped at 1 before the running maximum
+    assert holm([0.7, 0.9]) == [1.0, 1.0]
+    assert holm([]) == [] and holm([None]) == [None]
+
+
+def test_one_test_is_not_adjusted():
+    assert holm([None, 0.03]) == [None, 0.03]

@@ -132,16 +132,17 @@ def _significance_columns(rows: Sequence[Row]) -> list[Column]:
     return [
         Column("test 95% CI", lambda r: "-" if r.test_ci is None else f"{fmt_metric(r.test_ci[0])}..{fmt_metric(r.test_ci[1])}",
                "secondary"),
-        Column("p vs best", lambda r: _fmt_p(r), "secondary"),
+        Column("p vs best", lambda r: "-" if r.p_vs_best is None else f"{r.p_vs_best:.2g}", "secondary"),
+        Column("Holm p", _fmt_holm, "secondary"),
     ]
 
 
-def _fmt_p(r: Row) -> str:
-    """Welch's p against the best row and what it says: ``0.031 differs`` / ``0.42 n.d.`` (not distinguishable)."""
-    if r.p_vs_best is None:
+def _fmt_holm(r: Row) -> str:
+    """The Holm-adjusted p and what it says: ``0.031 differs`` / ``0.42 n.d.`` (not distinguishable)."""
+    if r.p_holm_vs_best is None:
         return "-"
-    short = "differs" if verdict(r.p_vs_best) == "differs" else "n.d."
-    return f"{r.p_vs_best:.2g} {short}"
+    short = "differs" if verdict(r.p_holm_vs_best) == "differs" else "n.d."
+    return f"{r.p_holm_vs_best:.2g} {short}"
 
 
 def regularizer_names(rows: Sequence[Row]) -> list[str]:
@@ -163,9 +164,17 @@ def caption(rows: Sequence[Row]) -> str:
         f"Ranked and marked by validation {r.metric} ({direction} is better); "
         f"test {r.metric} reported at the selected checkpoint. "
         f"Mean ± sample std over seeds. {NOISE_MARK}: on validation, {NOISE_RULE}."
-        + (f" p vs best: Welch's t test of the test values against the best row's; differs when p < {ALPHA}, "
-           "else n.d. (not distinguishable)." if any(x.p_vs_best is not None for x in rows) else "")
+        + _significance_caption(rows)
     )
+
+
+def _significance_caption(rows: Sequence[Row]) -> str:
+    tests = sum(r.p_vs_best is not None for r in rows)
+    if not tests:
+        return ""
+    return (f" p vs best: Welch's t test of the test values against the best row's; Holm p: the same adjusted "
+            f"for the {tests} test{'s' if tests > 1 else ''} in this table (Holm), differs when < {ALPHA}, "
+            "else n.d. (not distinguishable).")
 
 
 def to_markdown(rows: Sequence[Row]) -> str:
@@ -200,7 +209,8 @@ def _row_dict(r: Row) -> dict:
         "test_ci95": list(r.test_ci) if r.test_ci else None,
         "p_vs_best": r.p_vs_best,
         "hedges_g_vs_best": r.g_vs_best,
-        "verdict_vs_best": verdict(r.p_vs_best) or None,
+        "p_holm_vs_best": r.p_holm_vs_best,
+        "verdict_vs_best": verdict(r.p_holm_vs_best) or None,
         "trainable_params": None if r.trainable_params is None else round(r.trainable_params),
         "total_params": None if r.total_params is None else round(r.total_params),
         "wall_time_s": r.wall_time_s,

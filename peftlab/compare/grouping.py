@@ -35,7 +35,7 @@ from typing import Any
 
 from peftlab.runs import Run
 from peftlab.compare.selection import selected_validation
-from peftlab.compare.significance import finite, hedges_g, mean_ci, welch_p
+from peftlab.compare.significance import finite, hedges_g, holm, mean_ci, welch_p
 from peftlab.values import MISSING, as_number, canonical, override_key
 from peftlab.errors import UserError, did_you_mean
 from peftlab.metrics import LOWER_IS_BETTER, lower_is_better, regularizer_terms  # noqa: F401  (LOWER_IS_BETTER: part of compare's API)
@@ -95,6 +95,7 @@ class Row:
     test_values: list[float] = dataclasses.field(default_factory=list)  # one per run that has it
     test_ci: tuple[float, float] | None = None  # 95% confidence interval of the test mean (n >= 2)
     p_vs_best: float | None = None  # Welch's test of the test values against the best row's
+    p_holm_vs_best: float | None = None  # p_vs_best adjusted for the table's number of such tests (Holm)
     g_vs_best: float | None = None  # Hedges' g, this row minus the best row, on test
     best: bool = False
     within_noise: bool = False
@@ -310,10 +311,15 @@ def all_tie(rows: Sequence[Row]) -> bool:
 
 
 def compare_with_best(rows: Sequence[Row]) -> None:
-    """Each other row's test values against the best row's (chosen on validation): Welch's p, Hedges' g."""
+    """Each other row's test values against the best row's (chosen on validation).
+
+    Welch's p, its Holm adjustment over the rows of this table, and Hedges' g.
+    """
     best = next((r for r in rows if r.best), None)
     for r in rows:
         r.p_vs_best = r.g_vs_best = None
         if best is not None and r is not best:
             r.p_vs_best = welch_p(r.test_values, best.test_values)
             r.g_vs_best = hedges_g(r.test_values, best.test_values)
+    for r, adjusted in zip(rows, holm([r.p_vs_best for r in rows])):
+        r.p_holm_vs_best = adjusted
