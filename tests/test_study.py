@@ -59,12 +59,12 @@ def test_bad_tuning_specs_are_one_line_errors(text, trials, message):
 
 
 # ------------------------------------------------------------------ the choice
-def _planted(root: Path, lr: str, val: float, test: float, index: int) -> Member:
-    run = fabricate_run(root, "lora", 8, 0, test, version=index)
+def _planted(root: Path, lr: str, val: float, test: float, index: int, method: str = "lora") -> Member:
+    run = fabricate_run(root, method, 8, 0, test, version=index)
     summary = json.loads((run / "summary.json").read_text())
     summary["best_validation"]["accuracy"] = summary["final_validation"]["accuracy"] = val
     (run / "summary.json").write_text(json.dumps(summary))
-    return Member(index, ["method=lora", f"optimizer.lr={lr}", "seed=0"], Run(run), "completed")
+    return Member(index, [f"method={method}", f"optimizer.lr={lr}", "seed=0"], Run(run), "completed")
 
 
 def test_the_setting_is_chosen_on_validation_never_on_test(tmp_path):
@@ -208,30 +208,40 @@ def test_bad_study_commands_exit_2_with_one_line_and_create_nothing(runs_dir, ar
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
-def test_the_sensitivity_figure_draws_validation_against_the_tuned_value_and_circles_the_choice(tmp_path, monkeypatch):
-    from matplotlib.figure import Figure
-
+def _tuning_study(root: Path, planted: list[Member], chosen: list[dict]) -> Path:
+    """A study folder whose tuning sweep lists the ``planted`` runs, as ``peftlab study`` leaves one."""
     from peftlab.study import folder
-    from peftlab.study.sensitivity import plot_sensitivity
 
-    root = tmp_path / "runs"
-    members = [_planted(root, lr, val=v, test=0.5, index=i)
-               for i, (lr, v) in enumerate([("0.0001", 0.7), ("0.001", 0.8), ("0.01", 0.75)])]
     sweep = root / "sweeps" / "s-tune" / "v1"
     sweep.mkdir(parents=True)
     listed = []
-    for m in members:  # make the planted runs members of a tuning sweep, as train stamps them
+    for m in planted:  # make the planted runs members of a tuning sweep, as train stamps them
         meta = json.loads((m.run.path / "meta.json").read_text())
         meta["sweep"] = {"path": "sweeps/s-tune/v1", "name": "s-tune", "version": "v1", "member": m.index}
         (m.run.path / "meta.json").write_text(json.dumps(meta))
         listed.append({"index": m.index, "overrides": ["model=tiny", *m.overrides]})
     (sweep / "sweep.json").write_text(json.dumps({"name": "s-tune", "version": "v1", "members": listed}))
-    study = folder.create(root, "s", {"tuned": [parse_tune(LR, 3).record()], "metric": "accuracy",
-                                      "tune_sweep": "sweeps/s-tune/v1",
-                                      "chosen": [{"configuration": ["model=tiny", "method=lora"],
-                                                  "setting": ["optimizer.lr=0.001"]}]})
-    saved = {}
+    return folder.create(root, "s", {"tuned": [parse_tune(LR, 3).record()], "metric": "accuracy",
+                                     "tune_sweep": "sweeps/s-tune/v1", "chosen": chosen})
+
+
+def _saved_figure(monkeypatch) -> dict:
+    from matplotlib.figure import Figure
+
+    saved: dict = {}
     monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.__setitem__("fig", fig))
+    return saved
+
+
+def test_the_sensitivity_figure_draws_validation_against_the_tuned_value_and_circles_the_choice(tmp_path, monkeypatch):
+    from peftlab.study.sensitivity import plot_sensitivity
+
+    root = tmp_path / "runs"
+    planted = [_planted(root, lr, val=v, test=0.5, index=i)
+               for i, (lr, v) in enumerate([("0.0001", 0.7), ("0.001", 0.8), ("0.01", 0.75)])]
+    study = _tuning_study(root, planted, [{"configuration": ["model=tiny", "method=lora"],
+                                          "setting": ["optimizer.lr=0.001"]}])
+    saved = _saved_figure(monkeypatch)
     assert plot_sensitivity(study, tmp_path / "figs") is not None
     ax = saved["fig"].axes[0]
     line = ax.get_lines()[0]
@@ -239,6 +249,27 @@ def test_the_sensitivity_figure_draws_validation_against_the_tuned_value_and_cir
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_legend().get_texts()] == ["model=tiny method=lora"]
     circled = ax.get_lines()[1]  # the chosen point
     assert list(circled.get_xdata()) == [1e-3] and list(circled.get_ydata()) == [0.8]
+
+
+def test_configurations_that_differ_by_one_key_are_named_by_its_value_under_a_legend_title(tmp_path, monkeypatch):
+    from peftlab.study.sensitivity import plot_sensitivity
+
+    root = tmp_path / "runs"
+    planted = [_planted(root, lr, val=v, test=0.5, index=i, method=method)
+               for i, (method, lr, v) in enumerate([("lora", "0.001", 0.8), ("lora", "0.01", 0.7),
+                                                    ("pissa", "0.001", 0.6), ("pissa", "0.01", 0.9)])]
+    study = _tuning_study(root, planted, [
+        {"configuration": ["model=tiny", "method=lora"], "setting": ["optimizer.lr=0.001"]},
+        {"configuration": ["model=tiny", "method=pissa"], "setting": ["optimizer.lr=0.01"]}])
+    saved = _saved_figure(monkeypatch)
+    assert plot_sensitivity(study, tmp_path / "figs") is not None
+    legend = saved["fig"].axes[0].get_legend()
+    assert legend.get_title().get_text() == "method"
+    assert [t.get_text() for t in legend.get_texts()] == ["lora", "pissa"]
+    lines = saved["fig"].axes[0].get_lines()
+    curves, circles = [ln for ln in lines if len(ln.get_xdata()) == 2], [ln for ln in lines if len(ln.get_xdata()) == 1]
+    assert [list(c.get_ydata()) for c in circles] == [[0.8], [0.9]]
+    assert [c.get_color() for c in circles] == [c.get_color() for c in curves]  # each circle in its line's colour
 
 
 def test_configurations_are_labelled_by_what_differs():

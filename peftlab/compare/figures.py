@@ -9,6 +9,7 @@ from pathlib import Path
 
 from peftlab.compare.grouping import Row, mean_std
 from peftlab.compare.rank_figure import plot_ranks
+from peftlab.compare.series_style import place_legend, series_style
 from peftlab.runs import Run
 from peftlab.values import as_number, canonical
 from peftlab.errors import UserError
@@ -46,6 +47,8 @@ def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
       whose method chose ranks per layer (see :mod:`peftlab.compare.rank_figure`).
 
     A series with a single point (one logged step, one evaluation) is drawn as a marker.
+    Each series has its own colour and line style (:mod:`peftlab.compare.series_style`);
+    above a few series the legend stands right of the axes, above ``MAX_LEGEND`` there is none.
     """
     try:
         from matplotlib.figure import Figure  # noqa: F401 - imported here to fail early and clearly
@@ -68,6 +71,9 @@ def plot(rows: Sequence[Row], out_dir: str | os.PathLike) -> list[Path]:
     return [p for p in written if p is not None] + plot_ranks(rows, out)
 
 
+MAX_LEGEND = 50  # more markers than this: the figure is read by position, a legend would be a wall of text
+
+
 def _axes(size: tuple[float, float] = (6.5, 4.2)):
     from matplotlib.figure import Figure
 
@@ -82,7 +88,7 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: boo
     ax.set_title(title)
     ax.grid(alpha=0.3, which=grid)
     if legend:
-        ax.legend(fontsize="small")
+        place_legend(ax)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
@@ -91,20 +97,24 @@ def _curves(rows: Sequence[Row], out: Path, key: str, split: str, ylabel: str, n
     """Mean ± std over seeds of ``key`` on ``split`` lines by step, one line per configuration."""
     fig, ax = _axes((7, 4.2))
     drew = False
-    for r in rows:
+    for i, r in enumerate(rows):
         steps, mean, std = _train_curve(r.records, key, split)
         if not steps:
             continue
         drew = True
         single = len(steps) == 1  # a line through one point is invisible
-        (ln,) = ax.plot(steps, mean, label=f"{r.label} (n={len(r.records)})", lw=1.5, marker="o" if single else None)
+        style = series_style(i)
+        (ln,) = ax.plot(steps, mean, label=f"{r.label} (n={len(r.records)})", lw=1.5, color=style["color"],
+                        linestyle=style["linestyle"], marker=style["marker"] if single else None)
         if single:
             ax.errorbar(steps, mean, yerr=std, color=ln.get_color(), capsize=3, lw=1)
         else:
             lo = [m - s for m, s in zip(mean, std)]
             hi = [m + s for m, s in zip(mean, std)]
             ax.fill_between(steps, lo, hi, color=ln.get_color(), alpha=0.2, lw=0)
-    return _save(fig, ax, out / name, "step", ylabel, title) if drew else None
+    if not drew:
+        return None
+    return _save(fig, ax, out / name, "step", ylabel, title, legend=len(ax.get_lines()) <= MAX_LEGEND)
 
 
 def _versus_rank(rows: Sequence[Row], out: Path, metric: str) -> Path | None:
@@ -120,10 +130,10 @@ def _versus_rank(rows: Sequence[Row], out: Path, metric: str) -> Path | None:
         method = r.params.get("method") or canonical(r.records[0].value("method"))
         lines.setdefault(" ".join([str(method)] + others), []).append((x, r))
     fig, ax = _axes()
-    for name, pts in sorted(lines.items()):
+    for i, (name, pts) in enumerate(sorted(lines.items())):
         pts.sort(key=lambda t: t[0])
         ax.errorbar([p[0] for p in pts], [p[1].test_mean for p in pts],
-                    yerr=[p[1].test_std or 0.0 for p in pts], marker="o", capsize=3, label=name)
+                    yerr=[p[1].test_std or 0.0 for p in pts], capsize=3, label=name, **series_style(i))
     ax.set_xscale("log", base=2)
     ticks = sorted({p[0] for pts in lines.values() for p in pts})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -138,9 +148,10 @@ def _versus_params(rows: Sequence[Row], out: Path, metric: str) -> Path | None:
     if not pts:
         return None
     fig, ax = _axes()
-    for r in pts:
-        ax.errorbar([r.trainable_params], [r.test_mean], yerr=[r.test_std or 0.0], marker="o", capsize=3,
-                    label=r.label)
+    for i, r in enumerate(pts):
+        style = series_style(i)
+        ax.errorbar([r.trainable_params], [r.test_mean], yerr=[r.test_std or 0.0], capsize=3, label=r.label,
+                    color=style["color"], marker=style["marker"])
     ax.set_xscale("log")
     return _save(fig, ax, out / f"{metric}_vs_params.png", "trainable parameters", f"test {metric}",
-                 f"test {metric} vs trainable parameters", legend=len(pts) <= 12, grid="both")
+                 f"test {metric} vs trainable parameters", legend=len(pts) <= MAX_LEGEND, grid="both")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peftlab.compare.series_style import place_legend, series_style
 from peftlab.study import folder
 from peftlab.study.choose import curves, distinguishing
 from peftlab.study.spec import Tuned
@@ -31,16 +32,17 @@ def plot_sensitivity(study_dir: Path, out_dir: Path) -> Path | None:
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     drew = False
-    labels = dict(zip(found, distinguishing([list(c) for c in found])))
-    for config, points in found.items():
+    labels, title = _legend_labels([list(c) for c in found])
+    for i, (config, points) in enumerate(found.items()):
         pts = sorted((as_number(s.partition("=")[2]), v, s) for s, v in points if as_number(s.partition("=")[2]) is not None)
         if not pts:
             continue
         drew = True
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[config])
+        style = series_style(i)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=labels[i], ms=5, **style)
         best = [p for p in pts if p[2] == chosen.get(config)]
         if best:
-            ax.plot([best[0][0]], [best[0][1]], marker="o", ms=12, mfc="none", color=line.get_color())
+            ax.plot([best[0][0]], [best[0][1]], marker="o", ms=13, mfc="none", mew=1.5, color=style["color"])
     if not drew:
         return None
     if tuned[0].log:
@@ -49,9 +51,21 @@ def plot_sensitivity(study_dir: Path, out_dir: Path) -> Path | None:
     ax.set_ylabel(f"validation {metric} (tuning seed)")
     ax.set_title(f"sensitivity to {key} (circled: chosen on validation)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    place_legend(ax, title=title)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sensitivity.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def _legend_labels(configurations: list[list[str]]) -> tuple[list[str], str | None]:
+    """Each configuration's label, and the legend's title when one key is all that differs.
+
+    ``method=lora``, ``method=pissa``, ... read as ``lora``, ``pissa`` under the title ``method``.
+    """
+    labels = distinguishing(configurations)
+    keys = {label.partition("=")[0] for label in labels}
+    if len(keys) == 1 and all("=" in label and " " not in label for label in labels):
+        return [label.partition("=")[2] for label in labels], keys.pop()
+    return labels, None
