@@ -175,16 +175,17 @@ def test_an_interrupted_study_continues_with_only_the_missing_runs(runs_dir):
     assert _completed(runs_dir), "no tuning run completed in time"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"rc {proc.returncode}\n{out}\n{err}"
     assert "peftlab study --continue" in out
     before = {p.parent for p in runs_dir.glob("*/v*/summary.json")}
     study_dir = next((runs_dir / "studies").glob("*/v1"))
     res = peftlab("study", "--continue", str(study_dir))
     assert res.returncode == 0, res.stderr
     completed = _completed(runs_dir)
-    assert len(completed) == 3 + 1
     members = [(m["sweep"]["name"], m["sweep"]["member"]) for m in completed]
-    assert len(set(members)) == len(members)  # no member ran twice to completion
+    told = f"completed {sorted(members)}\nfirst:\n{out}\n{err}\ncontinued:\n{res.stdout}\n{res.stderr}"
+    assert len(completed) == 3 + 1, told
+    assert len(set(members)) == len(members), told  # no member ran twice to completion
     assert before <= {p.parent for p in runs_dir.glob("*/v*/summary.json")}  # finished runs kept as they were
     again = peftlab("study", "--continue", str(study_dir))
     assert again.returncode == 0 and len(_completed(runs_dir)) == 4  # nothing left: nothing runs
