@@ -357,3 +357,41 @@ def test_members_to_check_takes_each_swept_value_once():
         ["a=1", "b=x"], ["a=2", "b=x"], ["a=1", "b=y"], ["a=1", "b=z"],
     ]
     assert members_to_check(members[:1], ["a", "b"]) == [["a=1", "b=x"]]
+
+
+def test_a_member_that_cannot_resume_stays_interrupted_with_its_checkpoints(runs_dir):
+    """Resuming fails before training (here: fp16 on a machine without a GPU): nothing is hidden or lost.
+
+    A new run marked failed would become the member's newest: the interrupted run and its
+    checkpoints would be passed over, and the next --continue would start from step 0.
+    """
+    res = peftlab("sweep", *BASE, "trainer.checkpoint_every=1", "trainer.keep_checkpoints=4", "--name", "a")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (sweep_dir,) = _sweep_dirs(runs_dir)
+    run = _member_run(sweep_dir, _members(sweep_dir)[0])
+    # as if stopped after step 2: the later checkpoints, the summary and the adapter never written
+    for ckpt in sorted((run / "checkpoints").iterdir())[2:]:
+        shutil.rmtree(ckpt)
+    shutil.rmtree(run / "adapter")
+    (run / "summary.json").unlink()
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "status": "interrupted", "ended_at": None}))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["trainer"]["precision"] = "fp16"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    res = peftlab("sweep", "--continue", str(sweep_dir))
+    assert res.returncode == 1 and "1 resume from a checkpoint" in res.stdout, res.stdout + res.stderr
+    assert "could not resume" in res.stdout and "fp16" in res.stdout, res.stdout
+    assert sorted(p.name for p in run.parent.iterdir()) == [run.name]  # no new run folder
+    assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
+    assert len(list((run / "checkpoints").iterdir())) == 2
+    assert _members(sweep_dir)[0]["status"] == "interrupted" and "continue it with" in res.stdout
+
+    config["trainer"]["precision"] = "fp32"  # the cause gone, the same member resumes from its checkpoint
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    res = peftlab("sweep", "--continue", str(sweep_dir))
+    assert res.returncode == 0 and "1 resume from a checkpoint" in res.stdout, res.stdout + res.stderr
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["resumed_from"] == "step_0000002"
+    assert sorted(p.name for p in run.parent.iterdir()) == [run.name]

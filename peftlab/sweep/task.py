@@ -207,7 +207,13 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
         error = f"{type(exc).__name__}: {exc}"
     finally:
         if error is not None and not made:
-            _record_failure(cfg, hc, job, sweep, overrides, error)
+            if job.resume:
+                # The run to resume exists and is still what it was (interrupted, its checkpoints
+                # kept): a new run marked failed would hide it, and the next --continue would
+                # start the member from step 0. It stays interrupted; the error is told here.
+                status = "could not resume"
+            else:
+                _record_failure(cfg, hc, job, sweep, overrides, error)
         _say_member(sweep, job.index, overrides, status, value, error)
     return value
 
@@ -246,7 +252,7 @@ def _train(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], on_r
 
 
 def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], error: str) -> None:
-    """A member that failed before training made its folder gets one, marked failed with the error.
+    """A new member that failed before training made its folder gets one, marked failed with the error.
 
     So the run folders alone tell how every member ended. Best effort: when even
     this cannot be written (a full disk), the member stays pending.
