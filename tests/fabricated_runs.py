@@ -122,3 +122,29 @@ def run_cli(*args, cwd=None, columns=220):
     return subprocess.run([str(CLI), *args], check=False, capture_output=True, text=True, env=env, cwd=cwd)
 
 
+
+
+def as_if_stopped_early(run: Path, checkpoints_kept: int, **config_changes: dict) -> None:
+    """Turn a completed run into one interrupted after its first ``checkpoints_kept`` checkpoints.
+
+    The later checkpoints, the summary and the adapter go, as if never written.
+    ``config_changes`` (``trainer={"precision": "fp16"}``) are merged into its config.yaml,
+    as the resume will read it.
+    """
+    import shutil
+
+    for ckpt in sorted((run / "checkpoints").iterdir())[checkpoints_kept:]:
+        shutil.rmtree(ckpt)
+    shutil.rmtree(run / "adapter", ignore_errors=True)
+    (run / "summary.json").unlink(missing_ok=True)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "status": "interrupted", "ended_at": None}))
+    set_config(run, **config_changes)
+
+
+def set_config(run: Path, **changes: dict) -> None:
+    """Merge ``changes`` (group -> {key: value}) into the run's config.yaml."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for group, values in changes.items():
+        config[group].update(values)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from peftlab.study.choose import Choice, choose, edge_notes
 from peftlab.study.spec import parse_tune
 from peftlab.sweep.status import Member
 from tests.conftest import peftlab
-from tests.test_compare import fabricate_run
+from tests.fabricated_runs import as_if_stopped_early, fabricate_run, set_config
 
 TINY = ["model=tiny", "trainer.max_steps=3", "trainer.eval_every=0", "trainer.log_every=1"]
 LR = "optimizer.lr=tag(log,interval(1e-4,1e-2))"
@@ -189,6 +190,39 @@ def test_an_interrupted_study_continues_with_only_the_missing_runs(runs_dir):
     assert before <= {p.parent for p in runs_dir.glob("*/v*/summary.json")}  # finished runs kept as they were
     again = peftlab("study", "--continue", str(study_dir))
     assert again.returncode == 0 and len(_completed(runs_dir)) == 4  # nothing left: nothing runs
+
+
+def test_nothing_is_chosen_while_a_tuning_run_is_unfinished(runs_dir):
+    """A tuning run can stay unfinished without the study being interrupted (here: its resume fails).
+
+    The study then chooses nothing and starts no final run: a choice among the settings
+    that happened to finish would be made on part of the grid.
+    """
+    res = peftlab("study", *TINY, "trainer.checkpoint_every=1", "method=lora", "--tune", "optimizer.lr=1e-3,1e-2",
+                  "--seeds", "1", "--name", "s")
+    assert res.returncode == 0, res.stdout + res.stderr
+    study_dir = runs_dir / "studies" / "s" / "v1"
+    data = json.loads((study_dir / "study.json").read_text())
+    shutil.rmtree(runs_dir / data["final_sweep"])  # back to the moment tuning ended, one run interrupted
+    for run in [p.parent for p in runs_dir.glob("*/v*/meta.json")]:
+        if json.loads((run / "meta.json").read_text())["sweep"]["name"] == "s-final":
+            shutil.rmtree(run)
+    (study_dir / "study.json").write_text(json.dumps({**data, "final_sweep": None, "chosen": None}))
+    tuning = sorted(p.parent for p in runs_dir.glob("*/v*/meta.json"))
+    as_if_stopped_early(tuning[1], checkpoints_kept=1, trainer={"precision": "fp16"})  # it cannot resume here
+
+    res = peftlab("study", "--continue", str(study_dir))
+    assert res.returncode == 130, res.stdout + res.stderr
+    assert "1 of 2 tuning run(s) did not finish (interrupted): nothing is chosen on part of the grid" in res.stdout
+    after = json.loads((study_dir / "study.json").read_text())
+    assert after["chosen"] is None and after["final_sweep"] is None
+    assert not list((runs_dir / "sweeps" / "s-final").glob("v*"))
+
+    set_config(tuning[1], trainer={"precision": "fp32"})
+    res = peftlab("study", "--continue", str(study_dir))
+    assert res.returncode == 0, res.stdout + res.stderr
+    after = json.loads((study_dir / "study.json").read_text())
+    assert after["chosen"][0]["completed"] == 2 and after["final_sweep"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,6 +19,7 @@ import yaml
 
 from peftlab.config import config_dir
 from tests.conftest import peftlab
+from tests.fabricated_runs import as_if_stopped_early, set_config
 
 BASE = ["model=tiny", "trainer.max_steps=4", "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.batch_size=8"]
 GRID = ["method=lora,pissa", "method.rank=2,4"]
@@ -369,16 +370,7 @@ def test_a_member_that_cannot_resume_stays_interrupted_with_its_checkpoints(runs
     assert res.returncode == 0, res.stdout + res.stderr
     (sweep_dir,) = _sweep_dirs(runs_dir)
     run = _member_run(sweep_dir, _members(sweep_dir)[0])
-    # as if stopped after step 2: the later checkpoints, the summary and the adapter never written
-    for ckpt in sorted((run / "checkpoints").iterdir())[2:]:
-        shutil.rmtree(ckpt)
-    shutil.rmtree(run / "adapter")
-    (run / "summary.json").unlink()
-    meta = json.loads((run / "meta.json").read_text())
-    (run / "meta.json").write_text(json.dumps({**meta, "status": "interrupted", "ended_at": None}))
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config["trainer"]["precision"] = "fp16"
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    as_if_stopped_early(run, checkpoints_kept=2, trainer={"precision": "fp16"})
 
     res = peftlab("sweep", "--continue", str(sweep_dir))
     assert res.returncode == 1 and "1 resume from a checkpoint" in res.stdout, res.stdout + res.stderr
@@ -388,8 +380,7 @@ def test_a_member_that_cannot_resume_stays_interrupted_with_its_checkpoints(runs
     assert len(list((run / "checkpoints").iterdir())) == 2
     assert _members(sweep_dir)[0]["status"] == "interrupted" and "continue it with" in res.stdout
 
-    config["trainer"]["precision"] = "fp32"  # the cause gone, the same member resumes from its checkpoint
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    set_config(run, trainer={"precision": "fp32"})  # the cause gone, the same member resumes from its checkpoint
     res = peftlab("sweep", "--continue", str(sweep_dir))
     assert res.returncode == 0 and "1 resume from a checkpoint" in res.stdout, res.stdout + res.stderr
     meta = json.loads((run / "meta.json").read_text())

@@ -9,8 +9,9 @@
 
 Each phase is an ordinary sweep (its runs ordinary run folders), launched through
 the same Hydra launchers. ``continue_study`` picks up where a study stopped: it runs
-the tuning members that did not finish, chooses, then the final members that did
-not finish. A member that failed (a diverged learning rate) is a result, not redone.
+the tuning members that did not finish, chooses (only once every tuning run has
+ended, completed or failed), then the final members that did not finish. A member
+that failed (a diverged learning rate) is a result, not redone.
 """
 
 from __future__ import annotations
@@ -117,11 +118,22 @@ def continue_study(spec: str, *, jobs: int | None = None, runs_dir: str | Path |
 
 
 def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], Any]) -> StudyOutcome:
-    """Choose on validation, record the choice, and run the final seeds."""
+    """Choose on validation, record the choice, and run the final seeds.
+
+    Only on the whole grid: a tuning run can end unfinished without the study being
+    interrupted (a worker killed, a launcher's time limit, a resume that failed), and a
+    choice among the settings that happened to finish would be a different study.
+    """
     data = folder.read(study_dir)
     tuned = [Tuned.from_record(t) for t in data["tuned"]]
     tune_dir = folder.sweep_path(study_dir, data["tune_sweep"])
-    choices = choose(members(tune_dir), [t.key for t in tuned], str(data["metric"]))
+    tuning = members(tune_dir)
+    unfinished = [m for m in tuning if m.status in UNFINISHED]
+    if unfinished:
+        announce(f"{len(unfinished)} of {len(tuning)} tuning run(s) did not finish "
+                 f"({', '.join(sorted({m.status for m in unfinished}))}): nothing is chosen on part of the grid")
+        return StudyOutcome(study_dir, interrupted=True)
+    choices = choose(tuning, [t.key for t in tuned], str(data["metric"]))
     for c, label in zip(choices, distinguishing([c.configuration for c in choices])):
         if c.setting:
             announce(f"chosen on validation {data['metric']} = {c.validation:.4g}: {label} {' '.join(c.setting)}")

@@ -11,7 +11,8 @@ The run folders are the single source of truth. Each member's run is an
 ordinary run folder whose meta.json says which sweep and which member it is
 (``meta["sweep"] = {"path", "name", "version", "member"}``, ``path`` relative
 to the runs folder when inside it); a member that fails before training gets a
-run folder too, marked failed. A sweep folder ``<runs>/sweeps/<name>/v<N>``
+run folder too, marked failed (one that was to resume keeps its interrupted run, which the next
+``--continue`` resumes again). A sweep folder ``<runs>/sweeps/<name>/v<N>``
 only says what the sweep is, written once::
 
     sweep.json        {"name", "version", "grid", "members": [{"index", "overrides"}], "argv", ...}
