@@ -43,6 +43,20 @@ def test_a_plain_interval_is_spaced_evenly_and_a_list_is_taken_as_given():
     assert float(one[0]) == pytest.approx(math.sqrt(1e-4 * 1e-2))
 
 
+def test_a_range_is_hydras_with_floats_and_its_stop_left_out():
+    assert parse_tune("method.rank=range(2,10,4)", 3).values == ("2", "6")
+    assert parse_tune("trainer.warmup_ratio=range(0.1,0.5,0.1)", 3).values == ("0.1", "0.2", "0.3", "0.4")
+    assert parse_tune("method.rank=range(16,1,-8)", 3).values == ("16", "8")
+
+
+def test_a_forced_key_is_the_key_itself(runs_dir):
+    """``++optimizer.lr=...`` tunes optimizer.lr: configurations, choices and clashes see one key."""
+    assert parse_tune("++optimizer.lr=1e-4,1e-3", 3).key == "optimizer.lr"
+    res = peftlab("study", "model=tiny", "method=lora,pissa", "--tune", "++optimizer.lr=1e-4,1e-3", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "2 configuration(s) x 2 setting(s) = 4 tuning run(s)" in res.stdout.splitlines()[0]
+
+
 @pytest.mark.parametrize("text, trials, message", [
     ("optimizer.lr=interval(1e-2,1e-4)", 3, "is an empty range"),
     ("optimizer.lr=interval(1e-2,1e-2)", 3, "is an empty range"),
@@ -52,6 +66,9 @@ def test_a_plain_interval_is_spaced_evenly_and_a_list_is_taken_as_given():
     ("optimizer.lr=interval(1e-4,", 3, "cannot be read"),
     ("optimizer.lr=interval(1e-4,1e-2)", 0, "--trials 0 is not allowed"),
     ("optimizer.lr=interval(1.000,1.001)", 20, "the values repeat"),
+    ("method.rank=range(1,5,0)", 3, "has step 0"),
+    ("method.rank=range(5,1)", 3, "has no values"),
+    ("~optimizer.lr=1e-4,1e-3", 3, "deletes optimizer.lr"),
 ])
 def test_bad_tuning_specs_are_one_line_errors(text, trials, message):
     with pytest.raises(UserError, match=message) as err:
@@ -232,6 +249,8 @@ def test_nothing_is_chosen_while_a_tuning_run_is_unfinished(runs_dir):
     (["--tune", LR, "--seeds", "0"], "--seeds 0 is not allowed"),
     (["seed=3", "--tune", LR], "a study sets the seeds itself"),
     (["optimizer.lr=1e-3", "--tune", LR], "which --tune searches"),
+    (["optimizer.lr=1e-3", "--tune", "++" + LR], "which --tune searches"),
+    (["--tune", "trainer.warmup_ratio=range(0.1,0.2,0)"], "has step 0"),
     (["--tune", LR, "--tune", "optimizer.lr=1,2"], "names a key twice"),
     ([], "a study needs --tune"),
 ])

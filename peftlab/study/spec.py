@@ -57,17 +57,31 @@ def parse_tune(text: str, trials: int) -> Tuned:
         raise UserError(f"--tune '{text}' cannot be read ({str(exc).splitlines()[0]}): "
                         "e.g. --tune 'optimizer.lr=tag(log,interval(1e-5,1e-2))'") from None
     key = key.strip()
+    if key.startswith("~"):
+        raise UserError(f"--tune '{text}' deletes {key.lstrip('~')}: --tune takes a key to search, KEY=SPEC")
+    key = key.lstrip("+")  # ++key= adds or overrides: for a key that is tuned, the same as key=
     if isinstance(value, IntervalSweep):
         return Tuned(key, spec, _interval(text, float(value.start), float(value.end), trials, "log" in value.tags),
                      "log" in value.tags)
     if isinstance(value, (ChoiceSweep, RangeSweep)):
-        values = [str(v) for v in (value.list if isinstance(value, ChoiceSweep) else range(value.start, value.stop,
-                                                                                              value.step))]
+        values = ([str(v) for v in value.list] if isinstance(value, ChoiceSweep)
+                  else _range(text, value.start, value.stop, value.step))
         if not values:
             raise UserError(f"--tune '{text}' has no values: give at least one")
         return Tuned(key, spec, tuple(dict.fromkeys(values)), "log" in value.tags)
     raise UserError(f"--tune '{text}' is one value, nothing to tune: give an interval(lo,hi) or a list a,b,c "
                     f"(a fixed value goes with the other overrides)")
+
+
+def _range(text: str, start: float, stop: float, step: float) -> list[str]:
+    """Hydra's ``range(start, stop, step)``: stop excluded, floats allowed (``range(0.1,0.5,0.1)``)."""
+    if step == 0:
+        raise UserError(f"--tune '{text}' has step 0: give range(start,stop,step) a step other than 0")
+    count = max(0, math.ceil((stop - start) / step - 1e-9))  # the tolerance keeps 0.1 * k from adding a point
+    points = [start + i * step for i in range(count)]
+    if all(isinstance(x, int) for x in (start, stop, step)):
+        return [str(int(p)) for p in points]
+    return [f"{p:.12g}" for p in points]  # 0.30000000000000004 is 0.3, as typed
 
 
 def _interval(text: str, lo: float, hi: float, trials: int, log: bool) -> tuple[str, ...]:
