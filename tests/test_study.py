@@ -236,10 +236,22 @@ def test_nothing_is_chosen_while_a_tuning_run_is_unfinished(runs_dir):
     assert not list((runs_dir / "sweeps" / "s-final").glob("v*"))
 
     set_config(tuning[1], trainer={"precision": "fp32"})
-    res = peftlab("study", "--continue", str(study_dir))
+    res = peftlab("study", "--continue", str(study_dir), "--jobs", "1")
     assert res.returncode == 0, res.stdout + res.stderr
     after = json.loads((study_dir / "study.json").read_text())
     assert after["chosen"][0]["completed"] == 2 and after["final_sweep"]
+    # the final sweep, made by this --continue, runs as it asked (the tuning sweep ran in-process)
+    final = json.loads((runs_dir / after["final_sweep"] / "sweep.json").read_text())
+    assert final["launcher"] == "joblib" and "hydra.launcher.n_jobs=1" in final["hydra_overrides"]
+
+
+@pytest.mark.parametrize("option", [["--seeds", "5"], ["--trials", "2"], ["--tune-seed", "7"], ["--name", "x"]])
+def test_continue_refuses_what_the_study_stored(runs_dir, option):
+    """A new number of seeds on --continue would silently not apply: it is refused, naming the option."""
+    res = peftlab("study", "--continue", "nothing-yet", *option)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"--continue takes only --jobs and --runs-dir ({option[0]} given)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

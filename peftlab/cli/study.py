@@ -10,6 +10,9 @@ import typer
 from peftlab.cli.app import app
 from peftlab.cli.common import RUNS_DIR_HELP, console, with_runs_dir
 
+DEFAULT_TRIALS = 6
+DEFAULT_SEEDS = 3
+
 
 @app.command("study")
 def study_command(
@@ -19,9 +22,12 @@ def study_command(
     tune: Optional[List[str]] = typer.Option(
         None, "--tune", metavar="KEY=SPEC",
         help="a key to tune on validation: tag(log,interval(lo,hi)), interval(lo,hi), or a list a,b,c; repeatable"),
-    trials: int = typer.Option(6, "--trials", help="values tried per configuration, from each interval"),
-    seeds: int = typer.Option(3, "--seeds", help="final runs per configuration at its chosen setting"),
-    tune_seed: int = typer.Option(0, "--tune-seed", help="the seed of the tuning runs; final seeds follow it"),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", help=f"values tried per configuration, from each interval [default: {DEFAULT_TRIALS}]"),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", help=f"final runs per configuration at its chosen setting [default: {DEFAULT_SEEDS}]"),
+    tune_seed: Optional[int] = typer.Option(
+        None, "--tune-seed", help="the seed of the tuning runs; final seeds follow it [default: 0]"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="run N runs in parallel (joblib launcher)"),
     name: Optional[str] = typer.Option(None, "--name", help="study folder name (default: the swept keys)"),
     continue_: Optional[str] = typer.Option(
@@ -48,12 +54,18 @@ def study_command(
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs} is not allowed: use --jobs N with N >= 1 (parallel runs)")
     if continue_ is not None:
-        if overrides or tune or name or config_dir or dry_run:
-            raise UserError("--continue takes only --jobs and --runs-dir: the rest is stored in the study")
+        given = {"overrides": overrides, "--tune": tune, "--name": name, "--config-dir": config_dir, "--dry-run": dry_run,
+                 "--trials": trials is not None, "--seeds": seeds is not None, "--tune-seed": tune_seed is not None}
+        if any(given.values()):
+            named = ", ".join(k for k, v in given.items() if v)
+            raise UserError(f"--continue takes only --jobs and --runs-dir ({named} given): the rest is stored in "
+                            "the study; start a new study to change it")
         outcome = study.continue_study(continue_, jobs=jobs, runs_dir=runs_dir, announce=say)
     else:
-        sp = study.plan_study(with_runs_dir(overrides, runs_dir), list(tune or []), trials=trials, seeds=seeds,
-                              tune_seed=tune_seed, jobs=jobs, name=name, config_dirs=config_dir or [])
+        sp = study.plan_study(with_runs_dir(overrides, runs_dir), list(tune or []),
+                              trials=DEFAULT_TRIALS if trials is None else trials,
+                              seeds=DEFAULT_SEEDS if seeds is None else seeds, tune_seed=tune_seed or 0,
+                              jobs=jobs, name=name, config_dirs=config_dir or [])
         if dry_run:
             for line in sp.describe():
                 say(line)

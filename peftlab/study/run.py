@@ -149,7 +149,7 @@ def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], A
     outcome = start_members(
         root, f"{data['name']}-final", final, hydra_overrides=list(data["hydra_overrides"]),
         config_dirs=list(data["config_dirs"]), launcher=str(data["launcher"]), metric=str(data["metric"]),
-        argv=list(data.get("argv") or []), announce=announce,
+        argv=list(data.get("argv") or []), announce=announce, jobs=jobs,
         on_created=lambda d: folder.update(study_dir, final_sweep=sweep_ref(d, root)))
     return _outcome(study_dir, interrupted=outcome.interrupted)
 

@@ -214,14 +214,17 @@ def start(p: Plan, argv: Sequence[str], announce: Any = print, on_created: Any =
 
 def start_members(root: Path, name: str, members: list[list[str]], *, hydra_overrides: list[str],
                   config_dirs: list[str], launcher: str, metric: str, argv: Sequence[str], announce: Any = print,
-                  on_created: Any = None) -> Outcome:
+                  on_created: Any = None, jobs: int | None = None) -> Outcome:
     """A sweep of given members rather than a grid (e.g. each configuration at its own chosen setting).
 
     ``on_created(sweep_dir)`` runs once the folder exists, before any member starts.
+    ``jobs``: run them with the joblib launcher, N at a time, whatever ``hydra_overrides`` chose.
     ``--continue`` and ``--status`` treat it as any other sweep.
     """
     swept = sorted({key_of(o) for m in members for o in m if sum(o in x for x in members) < len(members)})
-    hydra_overrides = [o for o in hydra_overrides if not key_of(o).startswith(("hydra/sweeper", "hydra.sweeper"))]
+    hydra_overrides = [o for o in _continue_overrides(hydra_overrides, jobs, [])
+                       if not key_of(o).startswith(("hydra/sweeper", "hydra.sweeper"))]
+    launcher = "joblib" if jobs is not None else launcher
     sweep_dir = create(root, name, {
         "grid": None,
         "members": [{"index": i, "overrides": m} for i, m in enumerate(members)],
