@@ -151,7 +151,7 @@ def test_grid_runs_every_member_and_records_it(grid_sweep):
     for m in members:
         stamp = json.loads((_member_run(sweep_dir, m) / "meta.json").read_text())["sweep"]
         assert stamp == {"path": "sweeps/method-method.rank/v1", "name": "method-method.rank", "version": "v1",
-                         "member": m["index"]}
+                         "id": data["id"], "member": m["index"]}
     assert [m["overrides"][-2:] for m in members] == [
         ["method=lora", "method.rank=2"], ["method=lora", "method.rank=4"],
         ["method=pissa", "method.rank=2"], ["method=pissa", "method.rank=4"],
@@ -386,3 +386,25 @@ def test_a_member_that_cannot_resume_stays_interrupted_with_its_checkpoints(runs
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["resumed_from"] == "step_0000002"
     assert sorted(p.name for p in run.parent.iterdir()) == [run.name]
+
+
+def test_a_new_sweep_in_a_deleted_sweeps_place_does_not_adopt_its_runs(runs_dir):
+    """Deleting a sweep folder (its runs kept) frees its version: the next sweep of that name gets it.
+
+    Its members are named by the same path and index as the old runs; the sweep's id tells them apart.
+    """
+    from peftlab import sweep as sw
+    from peftlab.sweep.folder import create
+
+    res = peftlab("sweep", *BASE, "--name", "a")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (old,) = _sweep_dirs(runs_dir)
+    old_run = _member_run(old, _members(old)[0])
+    assert json.loads((old_run / "meta.json").read_text())["sweep"]["id"] == json.loads((old / "sweep.json").read_text())["id"]
+    shutil.rmtree(old)
+
+    new = create(runs_dir, "a", {"members": [{"index": 0, "overrides": ["method=pissa"]}], "count": 1})
+    assert new == old.resolve()  # the same name and version
+    (member,) = sw.members(new)
+    assert member.status == "pending" and member.run is None  # not the old LoRA run
+    assert old_run.is_dir()  # which is still there, a run of its own

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ def create_described(parent: Path, name: str, file_name: str, record: dict[str, 
     creation time and creator (sweeps and studies); returns the folder (absolute)."""
     folder = runs.allocate(Path(parent), name)
     path = folder.path.resolve()
-    data = {"name": name, "version": folder.version, **record, "created_at": runs.now_iso(),
+    # The id tells this folder from an earlier one of the same name and version (deleted, so its
+    # version number was free again, or in another store merged into this one): runs name both alike.
+    data = {"name": name, "version": folder.version, "id": uuid.uuid4().hex, **record, "created_at": runs.now_iso(),
             **this_process()}
     runs.atomic_write_json(path / file_name, data)
     return path
@@ -60,9 +63,10 @@ def sweep_ref(sweep_dir: Path, root: Path) -> str:
 
 
 def stamp(sweep_dir: Path, root: Path, data: dict, index: int) -> dict[str, Any]:
-    """What ``train`` writes into a member's new meta.json: which sweep, and which member of it."""
+    """What ``train`` writes into a member's new meta.json: which sweep (its id too), and which member of it."""
+    ident = {"id": data["id"]} if data.get("id") else {}  # sweeps made before ids have none
     return {"sweep": {"path": sweep_ref(sweep_dir, root), "name": data.get("name"),
-                      "version": data.get("version"), "member": index}}
+                      "version": data.get("version"), **ident, "member": index}}
 
 
 # ---- launches: hydra/, hydra-2/, ... each with its launch.json

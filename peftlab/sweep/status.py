@@ -57,19 +57,27 @@ class SweepState:
         return max(len(self.members), int(self.data.get("count") or 0))
 
 
-def names_sweep(run: runs.Run, sweep_dir: Path, root: Path) -> bool:
-    """Whether ``run``'s meta.json stamps it a member of ``sweep_dir`` (``root``: the runs root, resolved)."""
-    ref = (run.sweep or {}).get("path")
+def names_sweep(run: runs.Run, sweep_dir: Path, root: Path, sweep_id: str | None = None) -> bool:
+    """Whether ``run``'s meta.json stamps it a member of ``sweep_dir`` (``root``: the runs root, resolved).
+
+    ``sweep_id``: the sweep's id (sweep.json), when it has one. A run must then carry the
+    same: the path alone also names the runs of an earlier sweep of that name and version.
+    """
+    stamped = run.sweep or {}
+    ref = stamped.get("path")
     if not isinstance(ref, str) or not ref:
         return False
-    return Path(os.path.normpath(root / ref)) == sweep_dir  # root / an absolute ref is that ref
+    if Path(os.path.normpath(root / ref)) != sweep_dir:  # root / an absolute ref is that ref
+        return False
+    return sweep_id is None or stamped.get("id") == sweep_id
 
 
-def sweep_runs(sweep_dir: Path) -> list[runs.Run]:
-    """Every run of the sweep's members (retries included), newest first."""
+def sweep_runs(sweep_dir: Path, data: dict | None = None) -> list[runs.Run]:
+    """Every run of the sweep's members (retries included), newest first; ``data``: its sweep.json, if read."""
     sweep_dir = Path(sweep_dir).resolve()
     root = runs_root_of(sweep_dir)
-    return [r for r in runs.list_runs(root) if names_sweep(r, sweep_dir, root)]
+    sweep_id = (read(sweep_dir) if data is None else data).get("id")
+    return [r for r in runs.list_runs(root) if names_sweep(r, sweep_dir, root, sweep_id)]
 
 
 def run_status(run: runs.Run) -> str:
@@ -83,7 +91,7 @@ def members(sweep_dir: Path, data: dict | None = None) -> list[Member]:
     listed = {int(m.get("index", i)): list(m.get("overrides") or [])
               for i, m in enumerate(data.get("members") or []) if isinstance(m, dict)}
     newest: dict[int, runs.Run] = {}
-    for run in sweep_runs(sweep_dir):  # newest first: the first run seen of a member is its newest
+    for run in sweep_runs(sweep_dir, data):  # newest first: the first run seen of a member is its newest
         index = run.sweep.get("member") if run.sweep else None
         if isinstance(index, int) and index not in newest:
             newest[index] = run
