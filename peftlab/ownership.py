@@ -29,7 +29,8 @@ class Ownership:
         self.run, self._fd = run, fd
 
     @classmethod
-    def acquire(cls, run: Any) -> Ownership:
+    def acquire(cls, run: Any, what: str = "run") -> Ownership:
+        """Own ``run`` (anything with a ``path`` folder); ``what`` names it in the refusal (a run, a study)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: exclusive mkdir and pids only
@@ -39,7 +40,7 @@ class Ownership:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunBusy(_busy_message(run, cls.holder(run) or {})) from None
+            raise RunBusy(_busy_message(run, cls.holder(run) or {}, what)) from None
         info = to_json({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
@@ -79,12 +80,12 @@ class Ownership:
         self.release()
 
 
-def _busy_message(run: Any, info: dict) -> str:
+def _busy_message(run: Any, info: dict, what: str = "run") -> str:
     who = f"process {info['pid']}" if info.get("pid") else "another process"
     where = f" on {info['host']}" if info.get("host") and info.get("host") != socket.gethostname() else ""
     since = f" since {info['since']}" if info.get("since") else ""
     stop = f" (kill {info['pid']})" if info.get("pid") and not where else ""
-    return f"run '{run.path}' is being written by {who}{where}{since}: wait for it to end, or stop it first{stop}"
+    return f"{what} '{run.path}' is being written by {who}{where}{since}: wait for it to end, or stop it first{stop}"
 
 
 def _now() -> str:

@@ -317,6 +317,21 @@ def test_the_sensitivity_figure_draws_validation_against_the_tuned_value_and_cir
     assert list(circled.get_xdata()) == [1e-3] and list(circled.get_ydata()) == [0.8]
 
 
+def test_a_study_is_run_by_one_process_at_a_time(runs_dir):
+    """While one process runs a study, a --continue of it from another is refused; after, it goes on."""
+    from peftlab.study import folder
+
+    res = peftlab("study", *TINY, "method=lora", "--tune", "optimizer.lr=1e-3,1e-2", "--seeds", "1", "--name", "s")
+    assert res.returncode == 0, res.stdout + res.stderr
+    study = runs_dir / "studies" / "s" / "v1"
+    with folder.held(study):
+        res = peftlab("study", "--continue", str(study))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert f"study '{study.resolve()}' is being written by process {os.getpid()}" in res.stderr
+    res = peftlab("study", "--continue", str(study))
+    assert res.returncode == 0 and "nothing to continue" in res.stdout, res.stdout + res.stderr
+
+
 def test_configurations_that_differ_by_one_key_are_named_by_its_value_under_a_legend_title(tmp_path, monkeypatch):
     from peftlab.study.sensitivity import plot_sensitivity
 

@@ -92,17 +92,23 @@ def start_study(sp: StudyPlan, *, config_dirs: Sequence[str] = (), jobs: int | N
         "launcher": p.launcher, "tune_sweep": None, "final_sweep": None, "argv": list(argv),
     })
     announce(sp.describe()[0].replace(f"study {sp.name}:", f"study {sp.name}/{study_dir.name}:"))
-    outcome = start(p, argv=argv, announce=announce,
-                    on_created=lambda d: folder.update(study_dir, tune_sweep=sweep_ref(d, p.runs_root)))
-    if outcome.interrupted:
-        return StudyOutcome(study_dir, interrupted=True)
-    return _after_tuning(study_dir, jobs, announce)
+    with folder.held(study_dir):
+        outcome = start(p, argv=argv, announce=announce,
+                        on_created=lambda d: folder.update(study_dir, tune_sweep=sweep_ref(d, p.runs_root)))
+        if outcome.interrupted:
+            return StudyOutcome(study_dir, interrupted=True)
+        return _after_tuning(study_dir, jobs, announce)
 
 
 def continue_study(spec: str, *, jobs: int | None = None, runs_dir: str | Path | None = None,
                    announce: Callable[[str], Any] = print) -> StudyOutcome:
     """Run what a stopped study still needs: unfinished tuning members, the choice, unfinished final members."""
     study_dir = folder.find_study(spec, runs_dir)
+    with folder.held(study_dir):
+        return _continue_held(study_dir, jobs, announce)
+
+
+def _continue_held(study_dir: Path, jobs: int | None, announce: Callable[[str], Any]) -> StudyOutcome:
     data = folder.read(study_dir)
     tune_dir = folder.sweep_path(study_dir, data.get("tune_sweep"))
     if tune_dir is None or not tune_dir.is_dir():
