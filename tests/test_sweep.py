@@ -349,6 +349,18 @@ def test_continue_refuses_a_sweep_that_is_still_running(runs_dir):
         sw.resume(str(runs_dir / "nope"))
 
 
+def test_two_continues_of_one_sweep_cannot_both_launch(runs_dir):
+    """The second is refused while the first holds the sweep, from its check to its end."""
+    from peftlab.ownership import held
+
+    sweep_dir = _fake_sweep(runs_dir, None)
+    with held(sweep_dir, "sweep"):
+        res = peftlab("sweep", "--continue", str(sweep_dir))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert f"sweep '{sweep_dir.resolve()}' is being written by process {os.getpid()}" in res.stderr
+        assert not list(sweep_dir.glob("hydra*"))  # nothing launched
+
+
 def test_members_to_check_takes_each_swept_value_once():
     from peftlab.sweep.planning import members_to_check
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from peftlab.layout import OWNER_FILE
 from tests.conftest import peftlab
 
 # Checkpoints often; with QUICK_STEPS a member is still training when the test strikes.
@@ -258,13 +259,16 @@ def test_continue_refuses_while_a_live_process_still_writes_a_members_run(tmp_pa
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert holder.stdout.readline().strip() == "owned"
-        before = {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+        def records():  # the sweep's files, but for its lock file (taken to check, then released)
+            return {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file() and p.name != OWNER_FILE}
+
+        before = records()
         res = _cli(runs, "sweep", "--continue", str(sweep_dir))
         assert res.returncode == 2, res.stdout + res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
         assert str(run) in lines[0] and f"process {holder.pid}" in lines[0], lines[0]
-        assert {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()} == before  # nothing written
+        assert records() == before  # nothing written
         assert _run_dirs(runs) == [run] and not list(sweep_dir.glob("hydra*"))
     finally:
         holder.kill()

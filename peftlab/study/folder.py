@@ -9,15 +9,12 @@ final sweep. Everything else (how the runs stand) is read from the sweeps' run f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from peftlab import runs
+from peftlab import ownership, runs
 from peftlab.errors import UserError, did_you_mean
 from peftlab.layout import STUDIES_DIR, STUDY_FILE
-from peftlab.ownership import Ownership
 from peftlab.run_files import read_json_object
 from peftlab.sweep.folder import create_described
 
@@ -39,18 +36,13 @@ def create(root: Path, name: str, record: dict[str, Any]) -> Path:
     return create_described(Path(root) / STUDIES_DIR, name, STUDY_FILE, record)
 
 
-@contextlib.contextmanager
-def held(study_dir: Path) -> Iterator[None]:
+def held(study_dir: Path) -> contextlib.AbstractContextManager:
     """One process runs a study at a time: a second start of its phases is refused while this holds.
 
     The sweeps refuse a second launch of themselves; this also covers the moments between
     them, when the choice is made and the final sweep created (two processes would make two).
     """
-    owner = Ownership.acquire(SimpleNamespace(path=Path(study_dir)), what="study")
-    try:
-        yield
-    finally:
-        owner.release()
+    return ownership.held(study_dir, "study")
 
 
 def update(study_dir: Path, **fields: Any) -> dict:

@@ -25,6 +25,7 @@ from typing import Any
 from peftlab import runs
 from peftlab.errors import UserError
 from peftlab.layout import SWEEP_FILE
+from peftlab.ownership import held
 from peftlab.sweep import status
 from peftlab.sweep.folder import (
     clear_stop,
@@ -208,8 +209,9 @@ def start(p: Plan, argv: Sequence[str], announce: Any = print, on_created: Any =
         on_created(sweep_dir)
     announce(f"sweep {p.name}/{sweep_dir.name}: {p.describe()}")
     hydra_overrides = p.hydra_overrides + p.extra
-    return _run(sweep_dir, lambda: _launch_sweeper(next_hydra_dir(sweep_dir), p.overrides, hydra_overrides,
-                                                   p.config_dirs, hydra_overrides, count=p.count))
+    with held(sweep_dir, "sweep"):
+        return _run(sweep_dir, lambda: _launch_sweeper(next_hydra_dir(sweep_dir), p.overrides, hydra_overrides,
+                                                       p.config_dirs, hydra_overrides, count=p.count))
 
 
 def start_members(root: Path, name: str, members: list[list[str]], *, hydra_overrides: list[str],
@@ -243,8 +245,9 @@ def start_members(root: Path, name: str, members: list[list[str]], *, hydra_over
         on_created(sweep_dir)
     announce(f"sweep {name}/{sweep_dir.name}: {len(members)} run{'' if len(members) == 1 else 's'}")
     jobs = [{"index": i, "overrides": m} for i, m in enumerate(members)]
-    return _run(sweep_dir, lambda: _launch_jobs(next_hydra_dir(sweep_dir), jobs, hydra_overrides, list(config_dirs),
-                                                hydra_overrides))
+    with held(sweep_dir, "sweep"):
+        return _run(sweep_dir, lambda: _launch_jobs(next_hydra_dir(sweep_dir), jobs, hydra_overrides,
+                                                    list(config_dirs), hydra_overrides))
 
 
 def _run(sweep_dir: Path, launch: Any) -> Outcome:
@@ -268,6 +271,14 @@ def resume(spec: str, *, jobs: int | None = None, hydra_overrides: Sequence[str]
     data = read(sweep_dir)
     if not isinstance(data.get("members"), list):
         raise UserError(f"'{sweep_dir / SWEEP_FILE}' is damaged (no members list): start the sweep again")
+    # Held from the check to the end: two --continue at once would otherwise both pass the check
+    # and start the same pending members twice.
+    with held(sweep_dir, "sweep"):
+        return _resume_held(sweep_dir, data, jobs, hydra_overrides, announce, rerun_failed)
+
+
+def _resume_held(sweep_dir: Path, data: dict, jobs: int | None, hydra_overrides: Sequence[str], announce: Any,
+                 rerun_failed: bool) -> Outcome:
     _refuse_if_running(sweep_dir)
     stored = latest_launch(sweep_dir).get("hydra_overrides", data.get("hydra_overrides"))
     hydra_ovr = _continue_overrides(list(stored or []), jobs, hydra_overrides)
