@@ -8,11 +8,9 @@ included), so liveness needs no pid guessing; the file also says who holds it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -84,14 +82,9 @@ class Ownership:
         self.release()
 
 
-@contextlib.contextmanager
-def held(folder: Path, what: str) -> Iterator[Ownership]:
-    """Own ``folder`` (a sweep, a study: ``what``) for the block; RunBusy names the holder when another does."""
-    owner = Ownership.acquire(SimpleNamespace(path=Path(folder)), what=what)
-    try:
-        yield owner
-    finally:
-        owner.release()
+def held(folder: Path, what: str) -> Ownership:
+    """Own ``folder`` (a sweep, a study: ``what``), for a ``with`` block; RunBusy names the holder when another does."""
+    return Ownership.acquire(SimpleNamespace(path=Path(folder)), what=what)
 
 
 def _busy_message(run: Any, info: dict, what: str = "run") -> str:

@@ -8,7 +8,6 @@ final sweep. Everything else (how the runs stand) is read from the sweeps' run f
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def create(root: Path, name: str, record: dict[str, Any]) -> Path:
     return create_described(Path(root) / STUDIES_DIR, name, STUDY_FILE, record)
 
 
-def held(study_dir: Path) -> contextlib.AbstractContextManager:
+def held(study_dir: Path) -> ownership.Ownership:
     """One process runs a study at a time: a second start of its phases is refused while this holds.
 
     The sweeps refuse a second launch of themselves; this also covers the moments between

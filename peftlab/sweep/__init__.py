@@ -9,12 +9,13 @@ optuna``). Nothing here schedules jobs itself.
 
 The run folders are the single source of truth. Each member's run is an
 ordinary run folder whose meta.json says which sweep and which member it is
-(``meta["sweep"] = {"path", "name", "version", "id", "member"}``, ``path`` relative
-to the runs folder when inside it; ``id`` is the sweep's, so a later sweep that gets the
-same name and version, after this one's folder was deleted, does not take these runs); a member that fails before training gets a
-run folder too, marked failed (one that was to resume keeps its interrupted run, which the next
-``--continue`` resumes again). A sweep folder ``<runs>/sweeps/<name>/v<N>``
-only says what the sweep is, written once::
+(``meta["sweep"] = {"path", "name", "version", "id", "member"}``, ``path``
+relative to the runs folder when inside it; ``id`` is the sweep's, so a later
+sweep given the same name and version, after this one's folder was deleted,
+does not take these runs). A member that fails before training gets a run
+folder too, marked failed; one that was to resume keeps its interrupted run,
+which the next ``--continue`` resumes again. A sweep folder
+``<runs>/sweeps/<name>/v<N>`` only says what the sweep is, written once::
 
     sweep.json        {"name", "version", "grid", "members": [{"index", "overrides"}], "argv", ...}
     hydra/            Hydra's sweep dir of the first launch (multirun.yaml, one .hydra/ per job,
