@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftlab import runs
+from peftlab.run_files import adapter_problem
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def _status_reason(run: runs.Run) -> str | None:
         return f"{status}: {resume}"
     if status != "completed":
         return f"status {status}: whether it may resume cannot be told"
+    if adapter_problem(run) is not None:
+        return "completed, but its adapter is missing or damaged: the checkpoints hold its only trained weights"
     return None
 
 

@@ -55,4 +55,10 @@ def storage_problem(exc: BaseException) -> str | None:
         return f"permission denied writing{where}: point runs_dir= at a folder you can write, or fix its permissions"
     if code == errno.ENOENT and path:
         return f"cannot create{where}: a folder on that path does not exist (or cannot hold folders); check runs_dir="
+    if code == errno.ENOTDIR and path:
+        return f"cannot write{where}: a part of that path is a file, not a folder; pick another path"
+    if code == errno.EISDIR and path:
+        return f"cannot write{where}: it is a folder where a file was to be written; pick a file path"
+    if code == errno.EEXIST and path:
+        return f"cannot create{where}: something of that name is already there; pick another path"
     return None

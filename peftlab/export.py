@@ -268,7 +268,7 @@ def write_peft(exp: Experiment, run_path: Path, out: Path, *, rank: int | None =
     if rank is not None and rank < 1:
         raise UserError(f"--rank {rank} is not allowed: use an integer >= 1")
     out = Path(out)
-    check_output(out, force=force, run_path=run_path)
+    check_output(out, force=force)
     tensors, config, report = peft_export(exp, rank)
     with staged(out) as tmp:
         save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
@@ -294,7 +294,7 @@ def merge_to_plain(model: nn.Module) -> nn.Module:
 def write_merged(exp: Experiment, run_path: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     """An ordinary transformers checkpoint of the trained model (the experiment's model is consumed)."""
     out = Path(out)
-    check_output(out, force=force, run_path=run_path)
+    check_output(out, force=force)
     from peftlab.methods.base import adapted_layers
 
     merged = len(adapted_layers(exp.model))

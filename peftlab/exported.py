@@ -88,6 +88,9 @@ def load_export(folder: Path, cfg: Any = None) -> tuple[nn.Module, Any, Any, int
         # the original base, as the run built it
         loaded = build(cfg.model, head=task.head, seed=int(cfg.seed), **task.model_kwargs())
         model = PeftModel.from_pretrained(loaded.model, str(folder))
+        if labels:  # the order it was trained with, so evaluating on another run's data checks the names
+            model.config.id2label = dict(enumerate(labels))
+            model.config.label2id = {name: i for i, name in enumerate(labels)}
         return model, loaded.tokenizer, cfg, int(loaded.max_length)
     if is_model_folder(folder):
         from transformers import AutoTokenizer

@@ -36,10 +36,8 @@ def _targets(text: str, root: Path) -> list[Path]:
         if not targets:
             raise UserError(f"no run folders match '{text}'")
         return targets
-    path = Path(os.path.expanduser(text))
-    if not path.exists() and (root / path).exists():
-        path = root / path
-    if not path.is_dir():
+    path = runs.typed_folder(text, root)
+    if path is None:
         raise UserError(f"no such run, sweep or folder: {text} (runs are looked up under '{root}'; see --runs-dir)")
     return [path]
 

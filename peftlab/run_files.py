@@ -143,10 +143,29 @@ def adapter_problem(run: Run) -> Problem:
     return None
 
 
+def not_a_result(run: Run) -> Problem:
+    """Why the adapter in ``run`` is not the run's result (being written, or the run never completed); None if it is.
+
+    ``adapter/`` is saved before the summary, so a run can fail after it (a full disk) and keep one;
+    a resumed run keeps its old one until it completes again.
+    """
+    from peftlab.runs import is_live
+
+    if not run.adapter_dir.is_dir():
+        return None  # adapter_problem says why it is missing
+    if is_live(run):
+        pid = (run.owner() or {}).get("pid") or run.meta.get("pid") or "?"
+        return f"run '{run.label}' is being written by process {pid}: wait until it completes"
+    if run.status != "completed":
+        return (f"run '{run.label}' did not complete (status: {run.status}): its adapter is not its result; "
+                f"resume it with `peftlab train resume={run.label}` or pick another run")
+    return None
+
+
 def check_trained(run: Run) -> None:
-    """UserError unless ``run``'s files can rebuild its trained model (checked before anything heavy loads)."""
+    """UserError unless ``run`` completed and its files can rebuild its trained model (checked before anything heavy)."""
     from peftlab.errors import UserError
 
-    problem = run_problem(run) or adapter_problem(run)
+    problem = run_problem(run) or not_a_result(run) or adapter_problem(run)
     if problem is not None:
         raise UserError(problem)

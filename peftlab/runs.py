@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from peftlab.errors import UserError, did_you_mean
@@ -212,6 +213,27 @@ def _latest(folder: Path) -> Run | None:
     return None
 
 
+def typed_folder(text: str, root: Path, accept: Callable[[Path], bool] = Path.is_dir) -> Path | None:
+    """The folder ``text`` names, as a path from here or under the runs folder ``root``; None when neither.
+
+    A bare name (``lora-minilm-stdlib_docs``) may be either; a path written as one
+    (absolute, ``./``, ``../``, ``~``) is only itself. A bare name that is a folder in
+    both places (two different ones) is a UserError: every command must read the one
+    the user meant, and commands that each picked one would disagree.
+    """
+    path = Path(text).expanduser()
+    explicit = path.is_absolute() or text.startswith(("./", "../", "~"))
+    found: dict[Path, Path] = {}
+    for candidate in ([path] if explicit else [root / text, path]):
+        if accept(candidate):
+            found.setdefault(candidate.resolve(), candidate)
+    if len(found) > 1:
+        under, here = found.values()
+        raise UserError(f"'{text}' names two folders, '{under}' under the runs folder and '{here}' here: "
+                        f"write './{text}' for the one here, or its full path")
+    return next(iter(found.values()), None)
+
+
 def resolve(spec: str | Path, root: str | Path) -> Run:
     """Find a run from what the user typed.
 
@@ -225,14 +247,13 @@ def resolve(spec: str | Path, root: str | Path) -> Run:
     path = Path(text).expanduser()
 
     # 1. a run folder (or a folder of versions) on disk
-    candidates = (path,) if path.is_absolute() else (root / text, path)
-    for candidate in candidates:
-        if (candidate / META_FILE).is_file():
-            return Run(candidate)
-        if candidate.is_dir() and versions(candidate):
-            latest = _latest(candidate)
-            if latest is not None:
-                return latest
+    found = typed_folder(text, root, lambda c: (c / META_FILE).is_file() or (c.is_dir() and bool(versions(c))))
+    if found is not None:
+        if (found / META_FILE).is_file():
+            return Run(found)
+        latest = _latest(found)
+        if latest is not None:
+            return latest
 
     names = run_names(root)
     head, sep, tail = text.rstrip("/").rpartition("/")

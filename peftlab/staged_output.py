@@ -15,10 +15,10 @@ from pathlib import Path
 
 from peftlab.errors import UserError
 from peftlab.files import file_mode
-from peftlab.layout import META_FILE
+from peftlab.layout import META_FILE, STUDY_FILE, SWEEP_FILE
 
 
-def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> None:
+def check_output(out: Path, *, force: bool) -> None:
     """Refuse to write over anything the user has, unless ``force`` (and never over a run)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -28,11 +28,37 @@ def check_output(out: Path, *, force: bool, run_path: Path | None = None) -> Non
     if not force:
         raise UserError(f"output folder '{out}' exists and is not empty: choose a new folder or pass --force to replace it")
     resolved = out.resolve()
-    if (out / META_FILE).is_file() or (run_path is not None and (
-            resolved == Path(run_path).resolve() or resolved in Path(run_path).resolve().parents)):
-        raise UserError(f"output folder '{out}' is (or holds) a run folder: --force never replaces runs; pick another folder")
     if resolved == Path.cwd().resolve() or resolved == Path.home().resolve() or resolved.parent == resolved:
         raise UserError(f"output folder '{out}' is the current, home or root folder: pick a dedicated folder")
+    inside = _run_around(resolved)
+    if inside is not None:
+        raise UserError(f"output folder '{out}' is in run folder '{inside}': --force never replaces what a run "
+                        "holds; pick a folder outside the runs")
+    held = _record_below(resolved)
+    if held is not None:
+        raise UserError(f"output folder '{out}' holds {held}: --force never replaces runs, sweeps or studies; "
+                        "pick another folder")
+
+
+RECORDS = (META_FILE, SWEEP_FILE, STUDY_FILE)  # files whose folder is a run, a sweep or a study
+
+
+def _run_around(folder: Path) -> Path | None:
+    """The run folder ``folder`` is, or lies in (its adapter, its checkpoints), if any."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    return None
+
+
+def _record_below(folder: Path) -> Path | None:
+    """A run, sweep or study record anywhere under ``folder`` (the first found), if any."""
+    for here, dirs, files in os.walk(folder):
+        found = next((f for f in RECORDS if f in files), None)
+        if found is not None:
+            return Path(here) / found
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(here, d))]
+    return None
 
 
 def _staging_path(out: Path) -> Path:

@@ -6,6 +6,7 @@ Run folders are written by hand (meta.json, summary.json, a checkpoint folder); 
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -31,11 +32,22 @@ def make_run(root: Path, name: str, status: str, *, checkpoint: bool = True, swe
     run.meta_path.write_text(json.dumps(meta))
     if status == "completed":
         run.summary_path.write_text(json.dumps({"test": {"accuracy": 0.5}}))
+        write_adapter(run)
     if checkpoint:
         folder = run.checkpoints_dir / "step_0000010"
         folder.mkdir(parents=True)
         (folder / "adapter.safetensors").write_bytes(b"\0" * CHECKPOINT_BYTES)
     return run
+
+
+def write_adapter(run: runs.Run) -> None:
+    """An adapter folder as training saves it: its config and safetensors weights."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text(json.dumps({"config": {}, "labels": ["a", "b"]}))
+    save_file({"layer.lora_A": np.zeros((2, 4), dtype=np.float32)}, str(run.adapter_dir / "adapter.safetensors"))
 
 
 def _dead_pid() -> int:
@@ -66,6 +78,24 @@ def test_clean_removes_only_the_checkpoints_of_completed_runs_and_says_why_other
     assert "kept checkpoints of lora-running/v1: interrupted (its process is gone)" in out  # stale
     assert "removed checkpoints of lora-completed/v1 (195.3 KB)" in out
     assert "freed 195.3 KB (checkpoints of 1 completed run)" in out
+
+
+@pytest.mark.parametrize("damage", ["adapter folder gone", "weights gone", "weights cut"])
+def test_a_completed_run_whose_adapter_is_lost_keeps_its_checkpoints(runs_dir, damage):
+    """They are then the only copy of what it trained."""
+    run = make_run(runs_dir, "lora-lost", "completed")
+    weights = run.adapter_dir / "adapter.safetensors"
+    if damage == "adapter folder gone":
+        shutil.rmtree(run.adapter_dir)
+    elif damage == "weights gone":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:20])
+    res = clean()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert run.checkpoints()
+    assert ("kept checkpoints of lora-lost/v1: completed, but its adapter is missing or damaged: "
+            "the checkpoints hold its only trained weights") in res.stdout
 
 
 def test_clean_dry_run_removes_nothing(store):

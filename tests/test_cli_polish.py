@@ -201,6 +201,32 @@ def test_staging_is_removed_on_keyboard_interrupt_and_the_old_output_kept(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and _staging_leftovers(out) == []
 
 
+@pytest.mark.parametrize("where, message", [
+    ("store/lora/v1/checkpoints", "is in run folder"),  # a run's own checkpoints
+    ("store/lora/v1/adapter", "is in run folder"),  # its adapter
+    ("store/lora/v1", "is in run folder"),  # the run
+    ("store", "holds"),  # a folder of runs, one level down or more
+    ("store/sweeps", "holds"),  # a folder of sweeps
+])
+def test_force_never_replaces_a_run_or_a_folder_holding_one(tmp_path, where, message):
+    from peftlab.errors import UserError
+    from peftlab.staged_output import check_output
+
+    run = tmp_path / "store" / "lora" / "v1"
+    (run / "checkpoints" / "step_0000002").mkdir(parents=True)
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter.safetensors").write_bytes(b"weights")
+    (run / "meta.json").write_text("{}")
+    (tmp_path / "store" / "sweeps" / "grid" / "v1").mkdir(parents=True)
+    (tmp_path / "store" / "sweeps" / "grid" / "v1" / "sweep.json").write_text("{}")
+    with pytest.raises(UserError, match=message):
+        check_output(tmp_path / where, force=True)
+    mine = tmp_path / "exports" / "old"
+    mine.mkdir(parents=True)
+    (mine / "adapter_config.json").write_text("{}")
+    check_output(mine, force=True)  # an earlier export: --force may replace it
+
+
 # --------------------------------------------------------------------------- 5. damaged run folders
 
 
@@ -232,6 +258,11 @@ DAMAGE = {
                                       "adapter_config.json", "train it again"),
     "never finished": (lambda r: (shutil.rmtree(r.adapter_dir), r.summary_path.unlink(),
                                   _set_meta(r, status="interrupted")), "resume=tiny/v1", "resume"),
+    # the adapter is saved before the summary: a run can fail after it, or be resumed with the old one in place
+    "failed after its adapter": (lambda r: (r.summary_path.unlink(), _set_meta(r, status="failed")),
+                                 "did not complete (status: failed)", "resume=tiny/v1"),
+    "resumed, its process gone": (lambda r: _set_meta(r, status="running", pid=_dead_pid()),
+                                  "did not complete (status: running)", "resume=tiny/v1"),
 }
 RUN_FILES = ("meta not JSON", "meta empty", "meta a list", "summary not JSON", "summary a string")
 MODEL_COMMANDS = {
@@ -254,6 +285,23 @@ def test_damaged_run_folder_is_one_line_naming_the_file_and_the_fix(tiny_run, ru
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", list(MODEL_COMMANDS))
+def test_a_run_a_live_process_writes_is_not_read_as_a_result(tiny_run, runs_dir, tmp_path, command):
+    run = copy_run(tiny_run, runs_dir)
+    with run.own():  # as a resumed run is, while it trains: its old adapter still in place
+        _set_meta(run, status="running", pid=os.getpid())
+        argv = [a.replace("{tmp}", str(tmp_path)) for a in COMMANDS[command]]
+        line = one_error_line(peftlab(*argv))
+    assert f"run 'tiny/v1' is being written by process {os.getpid()}: wait until it completes" in line, line
+    assert not (tmp_path / "out").exists() and not (run.path / "analysis.json").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_runs_still_lists_every_run_when_one_is_damaged(tiny_run, runs_dir):
     copy_run(tiny_run, runs_dir, "good")
     copy_run(tiny_run, runs_dir, "bad").summary_path.write_text("[]")
@@ -271,3 +319,22 @@ def test_an_unfinished_run_is_shown_not_refused(tiny_run, runs_dir, command):
     DAMAGE["never finished"][0](run)
     result = peftlab(*COMMANDS[command])
     assert result.returncode == 0 and "interrupted" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("code, words", [
+    ("ENOSPC", "no space left on the device"),
+    ("EROFS", "the file system is read-only"),
+    ("EACCES", "permission denied"),
+    ("ENOENT", "a folder on that path does not exist"),
+    ("ENOTDIR", "a part of that path is a file, not a folder"),
+    ("EISDIR", "it is a folder where a file was to be written"),
+    ("EEXIST", "something of that name is already there"),
+])
+def test_a_file_system_failure_is_one_line_naming_the_path(code, words):
+    import errno
+
+    from peftlab.errors import storage_problem
+
+    line = storage_problem(OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/out/report.html"))
+    assert line is not None and words in line and "'/data/out/report.html'" in line and "\n" not in line
+    assert storage_problem(OSError(errno.EPIPE, "Broken pipe")) is None  # not the file system's: not dressed up as one

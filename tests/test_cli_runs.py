@@ -298,3 +298,21 @@ def test_show_names_the_sweep_of_a_member(varied):
     out = peftlab("show", "lora-tiny-stdlib_docs/v2", "--runs-dir", str(varied))
     assert out.returncode == 0, out.stderr
     assert "grid/v2, member #1 (sweeps/grid/v2)" in out.stdout
+
+
+def test_a_name_that_is_a_folder_here_and_under_the_runs_folder_is_refused_by_every_command(tmp_path):
+    """show, compare and clean once each picked another of the two: clean could remove the wrong run."""
+    store, here = tmp_path / "store", tmp_path / "work"
+    _fabricate(store, "lora-minilm", started_at="2024-05-01T10:00:00+00:00", summary={"test": {"accuracy": 0.8}})
+    _fabricate(here, "lora-minilm", started_at="2024-05-02T10:00:00+00:00", summary={"test": {"accuracy": 0.7}})
+    for command in (["show", "lora-minilm"], ["compare", "lora-minilm"], ["clean", "--runs", "lora-minilm", "--dry-run"],
+                    ["eval", "lora-minilm"], ["export", "lora-minilm", str(tmp_path / "out")]):
+        res = peftlab(*command, "--runs-dir", str(store), cwd=here)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (command, res.stderr)
+        assert f"'lora-minilm' names two folders, '{store / 'lora-minilm'}' under the runs folder" in res.stderr, command
+        assert "write './lora-minilm' for the one here" in res.stderr
+    assert (store / "lora-minilm" / "v1").is_dir() and (here / "lora-minilm" / "v1").is_dir()
+    shown = peftlab("show", "./lora-minilm", "--runs-dir", str(store), cwd=here)
+    assert shown.returncode == 0 and str(here / "lora-minilm" / "v1") in shown.stdout.replace("\n", ""), shown.stderr
+    shown = peftlab("show", "lora-minilm", "--runs-dir", str(store), cwd=tmp_path)  # one of them: no question
+    assert shown.returncode == 0 and str(store / "lora-minilm" / "v1") in shown.stdout.replace("\n", ""), shown.stderr

@@ -369,3 +369,23 @@ def test_the_verdict_reads_the_adjusted_p_not_the_raw_one(tmp_path):
     assert verdicts["pissa"] == "not distinguishable" and verdicts["olora"] is None
     line = next(x for x in cmp.to_markdown(rows).splitlines() if x.startswith("| pissa "))
     assert f"| {4 * raw:.2g} n.d. |" in line
+
+
+@pytest.mark.parametrize("option, make, message", [
+    ("--html", "folder", "is a folder: --html takes a file path"),
+    ("--plot", "file", "is a file: --plot takes a folder for the figures"),
+    ("--html", "under a file", "is a file, so nothing can be written under it"),
+    ("--plot", "under a file", "is a file, so nothing can be written under it"),
+])
+def test_a_bad_place_for_the_report_or_figures_is_one_line_before_any_work(runs, tmp_path, option, make, message):
+    target = tmp_path / "target"
+    if make == "folder":
+        target.mkdir()
+    else:
+        target.write_text("mine")
+        if make == "under a file":
+            target = target / "report.html"
+    res = run_cli("compare", str(runs), option, str(target))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "runs") == ["target"]  # nothing left beside it

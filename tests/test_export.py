@@ -282,15 +282,29 @@ def test_merged_export_reproduces_the_run_and_eval_agrees(lab, tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:
         run_metrics, merged_metrics = pool.map(lambda args: evaluate(*args), [("pissa",), (str(tmp_path / "pissa"),)])
     # The PEFT folder, in-process: the same command code path minus the CLI.
-    from peftlab.exported import evaluate_model, load_export
+    from peftlab.exported import evaluate_model, labels_of, load_export
 
     model, tokenizer, cfg, max_length = load_export(lab["exports"] / "pissa")
+    trained = runs.resolve("pissa", lab["root"])
+    assert labels_of(model) == json.loads((trained.adapter_dir / "adapter_config.json").read_text())["labels"]
     peft_metrics = evaluate_model(model, tokenizer, cfg, max_length, "test")
     summary = runs.resolve("pissa", lab["root"]).summary["test"]
     for metrics in (run_metrics, merged_metrics, peft_metrics):
         assert metrics["examples"] == summary["examples"]
         assert metrics["accuracy"] == summary["accuracy"] and metrics["f1_macro"] == pytest.approx(summary["f1_macro"])
         assert metrics["loss"] == pytest.approx(summary["loss"], abs=1e-5)
+
+
+def test_an_export_whose_classes_are_in_another_order_than_the_data_is_refused(lab):
+    """A PEFT folder carries its label order (peftlab_export.json); data named another way is not scored with it."""
+    from peftlab.errors import UserError
+    from peftlab.exported import evaluate_model, labels_of, load_export
+
+    model, tokenizer, cfg, max_length = load_export(lab["exports"] / "dora")
+    names = labels_of(model)
+    model.config.id2label = dict(enumerate(reversed(names)))  # as if trained on data whose classes sort otherwise
+    with pytest.raises(UserError, match="differ from the dataset's"):
+        evaluate_model(model, tokenizer, cfg, max_length, "test")
 
 
 def test_full_fine_tuning_exports_merged_but_not_as_peft(tiny_base, tmp_path):
@@ -338,12 +352,16 @@ def test_export_refusals(lab, tmp_path):
         (["export", "lora", str(taken)], "--force"),
         (["export", "lora", str(tmp_path / "c"), "--format", "onnx"], "--format onnx"),
         (["export", "lora", str(source.path), "--force"], "run folder"),
+        # a run's own adapter, a folder holding other runs: --force replaces neither
+        (["export", "lora", str(source.path / "adapter"), "--force"], f"is in run folder '{source.path.resolve()}'"),
+        (["export", "lora", str(lab["root"]), "--force"], "--force never replaces runs, sweeps or studies"),
     ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda case: peftlab(*case[0], env=env), cases))
     for (args, needle), result in zip(cases, results):
         assert needle in _one_error_line(result), (args, result.stderr)
     assert (taken / "notes.txt").read_text() == "mine" and not (tmp_path / "a").exists()
+    assert (source.path / "adapter" / "adapter.safetensors").is_file() and runs.list_runs(lab["root"])
     forced = peftlab("export", "lora", str(taken), "--format", "peft", "--force", env=env)
     assert forced.returncode == 0, forced.stderr
     assert not (taken / "notes.txt").exists() and (taken / "adapter_config.json").is_file()

@@ -51,6 +51,7 @@ def compare_command(
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format '{fmt}'{did_you_mean(fmt, FORMATS)}: choose one of {', '.join(FORMATS)}")
+    _check_outputs(plot_dir, html_file)
     notes: list[str] = []
     kept = _kept_runs(cmp, paths, where or [], include_all, notes, runs_dir)
     rows = cmp.group(kept, metric=metric, sort=sort)
@@ -98,6 +99,20 @@ def _say(msg: str) -> None:
 
 def _say_stderr(msg: str) -> None:
     print(msg, file=sys.stderr)  # stdout stays machine-readable
+
+
+def _check_outputs(plot_dir: Optional[Path], html_file: Optional[Path]) -> None:
+    """Where --plot and --html write must be a folder and a file: said before any work, in one line."""
+    from peftlab.errors import UserError
+
+    if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
+        raise UserError(f"--plot {plot_dir} is a file: --plot takes a folder for the figures")
+    if html_file is not None and html_file.is_dir():
+        raise UserError(f"--html {html_file} is a folder: --html takes a file path, e.g. {html_file / 'report.html'}")
+    for given, path in (("--plot", plot_dir), ("--html", html_file)):
+        above = next((p for p in (path.parents if path is not None else ()) if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UserError(f"{given} {path}: '{above}' is a file, so nothing can be written under it")
 
 
 def _write_figures_and_report(cmp, rows, kept, plot_dir, html_file, notes, say, studies=()) -> None:

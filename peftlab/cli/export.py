@@ -37,7 +37,7 @@ def export_command(
     out_path = Path(out).expanduser()
     # Fail before loading anything (and before importing torch).
     check_trained(target)
-    check_output(out_path, force=force, run_path=target.path)
+    check_output(out_path, force=force)
     with sigterm_raises():  # main() does this for every command; export's cleanup relies on it, so it says so
         _export(target, out_path, fmt, rank, force)
     say(f"written: {out_path}")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peftlab.compare.formats import caption, columns
+from peftlab.files import atomic_write_text
 from peftlab.compare.grouping import Row
 from peftlab.runs import Run
 
@@ -118,10 +119,5 @@ def html_report(
     parts += [_configuration_html(r) for r in rows]
     parts.append("</body></html>")
     out = Path(out_file)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    # written beside the target and renamed, so a reader never sees a half-written report
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, "\n".join(parts))  # a reader never sees a half-written report, nor a leftover
     return out
