@@ -82,7 +82,8 @@ class Guard:
     def check_metrics(metrics: dict, split: str, step: int) -> None:
         """Evaluation numbers must be finite too (weights can diverge while the training loss looks fine)."""
         value = metrics.get("loss")
-        if metrics.get("examples") and isinstance(value, float) and not math.isfinite(value):
+        measured = metrics.get("examples") or metrics.get("tokens")  # an empty split's loss is NaN by definition
+        if measured and isinstance(value, float) and not math.isfinite(value):
             raise NonFinite(f"the {split} loss is {value} at step {step}: the parameters have diverged; "
                             f"lower optimizer.lr")
 

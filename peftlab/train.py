@@ -134,6 +134,7 @@ def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Owner
             stored = OmegaConf.load(run.config_path)
         except Exception as exc:  # noqa: BLE001 - any damage to the file
             raise UserError(f"cannot read {run.config_path} ({type(exc).__name__}): the run cannot be resumed") from None
+        _refuse_changes(cfg, stored, overrides, run)
         for key in RESUMABLE_KEYS:
             if _overrides_key(overrides, key):
                 OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
@@ -251,13 +252,14 @@ def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
         values = list(ranks.values())
         summary = {**summary, "adapter_ranks": {"min": min(values), "mean": sum(values) / len(values),
                                                 "max": max(values), "without_adapter": values.count(0)}}
-    shutil.rmtree(run.best_dir, ignore_errors=True)  # the selected weights are adapter/ now
     if exp.cfg.get("analysis"):
         from peftlab.analysis.run import analyze_experiment
 
         runs.atomic_write_json(run.analysis_path, analyze_experiment(exp))
     run.write_summary(summary)
     run.set_status("completed")
+    # Only now: until the run is completed, a failure above leaves it to resume, which selects from best/ again.
+    shutil.rmtree(run.best_dir, ignore_errors=True)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -271,6 +273,34 @@ def config_hash(cfg: DictConfig) -> str:
         plain.pop(key, None)
     text = json.dumps(runs.finite_or_none(plain), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+NOT_THE_RUNS_CONFIG = ("resume", "runs_dir", "name")  # where to find and call it, not what it computes
+
+
+def _refuse_changes(cfg: DictConfig, stored: DictConfig, overrides: list[str], run: runs.Run) -> None:
+    """A resume continues the run as it was configured: a typed key whose value differs is refused.
+
+    Silently dropped, it would leave the user believing the run now trains with it. The
+    run's own overrides, typed again (a sweep's --continue does), are the same values: fine.
+    """
+    for typed in overrides:
+        key = typed.split("=", 1)[0].lstrip("+~")
+        if key in RESUMABLE_KEYS or key in NOT_THE_RUNS_CONFIG or key.startswith("hydra"):
+            continue
+        now, then = (_plain(OmegaConf.select(c, key, default=None)) for c in (cfg, stored))
+        if now != then:
+            raise UserError(f"resume= continues run '{run.label}' as it was configured: '{typed}' differs from its "
+                            f"{key}={_shown(then)}; only {', '.join(RESUMABLE_KEYS)} may change (start a new run "
+                            "for the rest)")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _shown(value: Any) -> str:
+    return "(unset)" if value is None else str(value) if not isinstance(value, (dict, list)) else "(its own)"
 
 
 def _overrides_key(overrides: list[str], key: str) -> bool:

@@ -28,8 +28,10 @@ step) and the checkpoint holds every state the loop changes.
 from __future__ import annotations
 
 import math
+import shutil
 import resource
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -40,7 +42,7 @@ from peftlab.data.order import batch_order
 from peftlab.evaluate import make_loader
 from peftlab.experiment import Experiment, count_parameters, frozen_fingerprint, read_trained, save_adapter
 from peftlab.metrics import lower_is_better
-from peftlab.nonfinite import Guard
+from peftlab.nonfinite import Guard, NonFinite
 from peftlab.processes import Processes
 from peftlab.progress import Progress
 from peftlab.regularizers.base import RegularizerContext, add_terms
@@ -163,6 +165,7 @@ class Trainer:
         self.guard = Guard(str(t.nonfinite), int(t.max_consecutive_skips), device)
         self.log = IntervalLog(device)
         self.step, self.best, self.train_time, self.tokens_seen = 0, None, 0.0, 0
+        self.checkpointed_best: dict | None = None  # the best the newest checkpoint records
         self.details: dict[str, dict] = {}  # the latest evaluation details per split (see _evaluate)
         self.last_checkpoint: checkpoints.Checkpoint | None = None
         self.fingerprint: str | None = None  # of the frozen weights, computed at the first checkpoint
@@ -206,11 +209,16 @@ class Trainer:
         self.last_checkpoint = checkpoints.save(self.run.checkpoints_dir, self.step, self.exp, self.optimizer,
                                                 state or self._loop_state(), self.fingerprint, rng)
         checkpoints.prune(self.run.checkpoints_dir, self.keep)
+        self.checkpointed_best = self.best
+        self._keep_best_weights()
         return self.last_checkpoint
 
     def _resume_from(self, checkpoint: checkpoints.Checkpoint) -> None:
         state = checkpoints.load(checkpoint, self.exp, self.optimizer, self.procs.rank, self.procs.world, warn=warn)
         self.step, self.best = int(state["step"]), state["best"]
+        self.checkpointed_best = self.best
+        if self.writes:
+            self._keep_best_weights()  # a later attempt's best, past this checkpoint, no longer counts
         self.train_time, self.tokens_seen = float(state["train_time_s"]), int(state["tokens_seen"])
         self.guard.load_state(state)
         self.log.load_state(state["interval"])
@@ -230,9 +238,13 @@ class Trainer:
         in order, so every process gets the metrics of the whole split, no example twice.
         """
         procs = self.procs
-        tally = self.task.measure(self.model, self.exp.tokenizer, self.exp.splits[split],
-                                  batch_size=self.eval_batch_size, device=self.accelerator.device,
-                                  full=split == "test", part=(procs.rank, procs.world))
+        try:
+            tally = self.task.measure(self.model, self.exp.tokenizer, self.exp.splits[split],
+                                      batch_size=self.eval_batch_size, device=self.accelerator.device,
+                                      full=split == "test", part=(procs.rank, procs.world))
+        except FloatingPointError as exc:  # generation from NaN logits: the weights diverged
+            raise NonFinite(f"the {split} pass at step {self.step} failed ({exc}): the parameters have diverged; "
+                            "lower optimizer.lr") from None
         result = self.task.summarize(combine(procs.gather(tally)))
         Guard.check_metrics(result.metrics, split, self.step)
         if result.rows and self.writes:
@@ -244,11 +256,11 @@ class Trainer:
 
     def _improves(self, metrics: dict) -> bool:
         value = metrics.get(self.metric)
-        if value is None:
-            return False
-        if self.best is None:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False  # NaN (no generations to score, say) is no result: nothing beats it, it beats nothing
+        best = self.best.get(self.metric) if self.best is not None else None
+        if best is None:  # none yet (or a stored NaN, written as null)
             return True
-        best = self.best[self.metric]
         if value != best:
             return value < best if self.lower_better else value > best
         # A tie on the key metric (exact match 0 early in training, say) goes to the lower validation loss.
@@ -263,9 +275,28 @@ class Trainer:
         if self._improves(metrics):
             self.best = {"step": self.step, **metrics}
             if self.select == "best" and self.writes:
-                save_adapter(self.exp, self.run.best_dir)
+                save_adapter(self.exp, self._best_weights(self.step))
+                self._keep_best_weights()
         self.progress.evaluated(self.step, self.best)
         return metrics
+
+    def _best_weights(self, step: int) -> Path:
+        """Where the weights of the validation pass at ``step`` are kept (``best/step_NNNNNNN``)."""
+        return self.run.best_dir / checkpoints.folder_name(step)
+
+    def _keep_best_weights(self) -> None:
+        """Keep the best weights the newest checkpoint names and the current best; remove the others.
+
+        One folder per best step, not one overwritten folder: a run killed after a new best
+        but before its next checkpoint resumes with the older best, whose weights must still
+        be there (and the newer ones, from an attempt that no longer counts, must not be read).
+        """
+        if not self.run.best_dir.is_dir():
+            return
+        wanted = {checkpoints.folder_name(int(b["step"])) for b in (self.best, self.checkpointed_best) if b}
+        for folder in self.run.best_dir.iterdir():
+            if folder.is_dir() and folder.name not in wanted:
+                shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ training
     def _batches(self) -> Iterator[dict]:
@@ -445,13 +476,19 @@ class Trainer:
 
     def _select(self, final_test: dict) -> tuple[int, dict, str | None]:
         """(selected step, its test metrics, why the final step was kept against the config or None)."""
-        if self.select != "best" or self.best is None or self.best["step"] == self.step:
+        if self.select == "best" and self.best is None:
+            return self.step, final_test, (f"no validation pass gave a finite {self.metric}: the last step's weights "
+                                           f"are kept (choose a trainer.metric that validation measures)")
+        if self.select != "best" or self.best["step"] == self.step:
             return self.step, final_test, None
         self.procs.wait_for_everyone()  # the main process has written best/
-        if not self.procs.share((self.run.best_dir / "adapter.safetensors").is_file()):
-            return self.step, final_test, f"the best-validation weights (step {self.best['step']}) were not found"
-        read_trained(self.exp, self.run.best_dir, f"best-validation weights {self.run.best_dir}")
         step = int(self.best["step"])
+        folder = self._best_weights(step)
+        if not (folder / "adapter.safetensors").is_file() and (self.run.best_dir / "adapter.safetensors").is_file():
+            folder = self.run.best_dir  # a run started before best weights were kept per step
+        if not self.procs.share((folder / "adapter.safetensors").is_file()):
+            return self.step, final_test, f"the best-validation weights (step {step}) were not found"
+        read_trained(self.exp, folder, f"best-validation weights {folder}")
         return step, self._evaluate("test", f"test-{checkpoints.folder_name(step)}"), None
 
 

@@ -105,7 +105,7 @@ def _print_result(run) -> None:
     for label, values in (("validation (best)", summary.get("best_validation") or {}),
                           ("validation (final)", summary.get("final_validation") or {}),
                           (f"test (step {selected})" if selected is not None else "test", summary.get("test") or {})):
-        table.add_row(label, *[f"{values[m]:.4f}" if m in values else "-" for m in metrics])
+        table.add_row(label, *[f"{values[m]:.4f}" if isinstance(values.get(m), (int, float)) else "-" for m in metrics])
     console.print(table)
     console.print(
         f"trainable params {summary.get('trainable_params', 0):,} of {summary.get('total_params', 0):,}; "
