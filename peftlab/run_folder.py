@@ -13,7 +13,7 @@ names: :mod:`peftlab.layout`). Layout::
       metrics.jsonl   one JSON object a line per logged step / eval
       summary.json    selected + final metrics, params, memory, throughput, wall time
       adapter/        trained weights of the selected checkpoint
-      best/           the best-validation weights while training (trainer.select=best)
+      best/step_N/    the best-validation weights while training (trainer.select=best), per step
       generations/    what a generative task's model said, per split and step
       predictions/    what a classifier predicted for each example (text, label, prediction, scores), per split and step
       checkpoints/    resumable state (see peftlab.checkpoints)
