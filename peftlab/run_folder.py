@@ -9,7 +9,7 @@ names: :mod:`peftlab.layout`). Layout::
       overrides.txt   what the user typed, one override a line
       meta.json       status, times, error, history of earlier attempts, git commit (+dirty),
                       versions, host, device, seed, argv, choices, config_hash, and for a
-                      sweep member sweep: {path, name, version, member} (written when created)
+                      sweep member sweep: {path, name, version, id, member} (written when created)
       metrics.jsonl   one JSON object a line per logged step / eval
       summary.json    selected + final metrics, params, memory, throughput, wall time
       adapter/        trained weights of the selected checkpoint
