@@ -285,7 +285,7 @@ def _refuse_changes(cfg: DictConfig, stored: DictConfig, overrides: list[str], r
     run's own overrides, typed again (a sweep's --continue does), are the same values: fine.
     """
     for typed in overrides:
-        key = typed.split("=", 1)[0].lstrip("+~")
+        key = _typed_key(typed)
         if key in RESUMABLE_KEYS or key in NOT_THE_RUNS_CONFIG or key.startswith("hydra"):
             continue
         now, then = (_plain(OmegaConf.select(c, key, default=None)) for c in (cfg, stored))
@@ -300,8 +300,17 @@ def _plain(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    return "(unset)" if value is None else str(value) if not isinstance(value, (dict, list)) else "(its own)"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, (dict, list)):
+        return "(its own)"  # a whole group: its values would not fit the line
+    return str(value)
+
+
+def _typed_key(override: str) -> str:
+    """``optimizer.lr`` of ``optimizer.lr=1e-3``, ``+optimizer.lr=...`` or ``~optimizer.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _overrides_key(overrides: list[str], key: str) -> bool:
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+    return any(_typed_key(o) == key for o in overrides)
