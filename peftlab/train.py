@@ -58,7 +58,8 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
                 run, owner = _allocated(procs, cfg, overrides, argv, choices, stamp or {})
             elif procs.is_main:
                 run.set_status("running", resumed_from=checkpoint.name if checkpoint else None)
-                run.write_config(OmegaConf.to_yaml(cfg, resolve=True), run.overrides())
+                run.write_config(OmegaConf.to_yaml(cfg, resolve=True), _resumed_overrides(run.overrides(), overrides))
+                run.write_meta(config_hash=config_hash(cfg))  # a changed max_steps is another computation
             if on_run is not None and procs.is_main:
                 on_run(run)
             _run_training(exp, run, checkpoint, procs, quiet=not show_progress)
@@ -310,6 +311,14 @@ def _shown(value: Any) -> str:
 def _typed_key(override: str) -> str:
     """``optimizer.lr`` of ``optimizer.lr=1e-3``, ``+optimizer.lr=...`` or ``~optimizer.lr``."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def _resumed_overrides(stored: list[str], typed: list[str]) -> list[str]:
+    """The run's overrides with each resumable key typed on this resume in place of its old value,
+    so overrides.txt keeps saying how the config.yaml beside it came to be."""
+    changed = [o for o in typed if _typed_key(o) in RESUMABLE_KEYS]
+    keys = {_typed_key(o) for o in changed}
+    return [o for o in stored if _typed_key(o) not in keys] + changed
 
 
 def _overrides_key(overrides: list[str], key: str) -> bool:

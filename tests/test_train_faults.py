@@ -227,6 +227,9 @@ def test_a_run_killed_before_its_first_checkpoint_is_trained_again_in_its_own_fo
     again = runs.resolve("early", runs_dir)
     assert again.path == killed.path and again.status == "completed" and again.meta["resumed_from"] is None
     assert same_tensors(adapter_tensors(again.adapter_dir), adapter_tensors(clean.adapter_dir))
+    # its records say what it became: the new max_steps in overrides.txt, and the clean run's config hash
+    assert "trainer.max_steps=6" in again.overrides() and "trainer.max_steps=100000" not in again.overrides()
+    assert again.meta["config_hash"] == clean.meta["config_hash"] != killed.meta["config_hash"]
 
     def losses(run: runs.Run) -> list[tuple[int, float]]:
         rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
