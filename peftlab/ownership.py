@@ -38,9 +38,7 @@ class Ownership:
         except ImportError:  # pragma: no cover - not POSIX: exclusive mkdir and pids only
             return cls(run, None)
         fd = os.open(run.path / OWNER_FILE, os.O_RDWR | os.O_CREAT, file_mode())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _locked(fd, fcntl):
             os.close(fd)
             raise RunBusy(_busy_message(run, cls.holder(run) or {}, what)) from None
         info = to_json({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
@@ -80,6 +78,30 @@ class Ownership:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _locked(fd: int, fcntl: Any) -> bool:
+    """Take the exclusive lock; False when another process keeps it.
+
+    ``holder`` takes a shared lock for an instant to ask whether anyone owns a run
+    (sweeps poll their members that way); an owner arriving in that instant
+    waits it out instead of being refused. A real owner keeps its lock for the
+    whole run, far longer than the wait.
+    """
+    import time
+
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+PROBE_WAIT_S = 0.5
 
 
 def held(folder: Path, what: str) -> Ownership:

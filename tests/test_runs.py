@@ -364,3 +364,19 @@ def test_runs_dir_is_resolved_in_one_place(tmp_path, monkeypatch):
     assert cfg.runs_dir is None  # the config leaves it to runs.runs_root
     assert runs.runs_root(cfg.runs_dir) == tmp_path / "env"
     assert runs.runs_root(compose([f"runs_dir={tmp_path / 'cfg'}"]).runs_dir) == tmp_path / "cfg"
+
+
+def test_asking_who_owns_a_run_never_refuses_its_owner(tmp_path):
+    """``owner()`` holds a shared lock for an instant (sweeps poll their members so); a process
+    taking ownership in that instant waits it out rather than being told the run is busy."""
+    import fcntl
+    import threading
+
+    run = runs.allocate(tmp_path, "probed")
+    run.write_meta(status="running")
+    run.own().release()  # the .owner file exists, as for any run written before
+    fd = os.open(run.path / ".owner", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe, caught in the middle
+    threading.Timer(0.1, os.close, (fd,)).start()
+    with run.own():
+        assert run.owner()["pid"] == os.getpid()
