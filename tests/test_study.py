@@ -49,6 +49,17 @@ def test_a_range_is_hydras_with_floats_and_its_stop_left_out():
     assert parse_tune("method.rank=range(16,1,-8)", 3).values == ("16", "8")
 
 
+def test_an_interval_with_integer_bounds_tries_integers_and_the_bounds_are_kept_as_typed():
+    """interval(1,8) on a rank gives ranks (Hydra reads the bounds as floats: 3.33 would fail to train);
+    a bound never loses digits to the 3-digit display (1024, not 1.02e+03)."""
+    assert parse_tune("method.rank=interval(1,8)", 4).values == ("1", "3", "6", "8")  # 1, 3.33, 5.67, 8
+    assert parse_tune("method.rank=tag(log,interval(8,1024))", 3).values == ("8", "91", "1024")  # 8·√128 = 90.5
+    assert parse_tune("method.rank=interval(1000,1003)", 4).values == ("1000", "1001", "1002", "1003")
+    assert parse_tune("trainer.warmup_ratio=interval(0.5,1024)", 3).values == ("0.5", "512", "1024")
+    with pytest.raises(UserError, match="only 3 distinct integers"):
+        parse_tune("method.rank=interval(1,3)", 5)
+
+
 def test_a_forced_key_is_the_key_itself(runs_dir):
     """``++optimizer.lr=...`` tunes optimizer.lr: configurations, choices and clashes see one key."""
     assert parse_tune("++optimizer.lr=1e-4,1e-3", 3).key == "optimizer.lr"
@@ -264,6 +275,8 @@ def test_continue_refuses_what_the_study_stored(runs_dir, option):
     (["optimizer.lr=1e-3", "--tune", "++" + LR], "which --tune searches"),
     (["--tune", "trainer.warmup_ratio=range(0.1,0.2,0)"], "has step 0"),
     (["--tune", LR, "--tune", "optimizer.lr=1,2"], "names a key twice"),
+    (["--tune", "seed=0,1,2"], "a study sets the seeds itself"),
+    (["--tune", "runs_dir=a,b"], "use --runs-dir"),
     ([], "a study needs --tune"),
 ])
 def test_bad_study_commands_exit_2_with_one_line_and_create_nothing(runs_dir, args, message):

@@ -31,6 +31,12 @@ from peftlab.sweep.folder import sweep_ref
 from peftlab.sweep.planning import key_of
 
 UNFINISHED = ("pending", "running", "interrupted")
+NOT_TUNABLE = {  # keys that say where or which run, not what it computes; the seed is the study's own
+    "seed": "a study sets the seeds itself; use --seeds N (and --tune-seed)",
+    "name": "the study names its runs; use --name for the study",
+    "runs_dir": "use --runs-dir for where the study goes",
+    "resume": "a study resumes its runs itself; use peftlab study --continue",
+}
 
 
 @dataclass
@@ -177,6 +183,9 @@ def _check(overrides: Sequence[str], tune: Sequence[str], trials: int, seeds: in
         raise UserError(f"--seeds {seeds} is not allowed: use --seeds N with N >= 1 (final runs per configuration)")
     tuned = [parse_tune(t, trials) for t in tune]
     keys = [t.key for t in tuned]
+    for key in keys:
+        if key in NOT_TUNABLE:
+            raise UserError(f"--tune {key}=...: {NOT_TUNABLE[key]}")
     if len(set(keys)) < len(keys):
         raise UserError(f"--tune names a key twice ({', '.join(sorted(k for k in set(keys) if keys.count(k) > 1))}): "
                         "give each tuned key once")

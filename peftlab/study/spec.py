@@ -8,12 +8,14 @@ SPEC is Hydra's sweep syntax:
 * ``range(start,stop[,step])`` — Hydra's range.
 
 Every configuration tries the same values: the tuning budget is equal by construction.
-Values are written with 3 significant digits (``2.68e-05``), which is what the runs record.
+Values are written with 3 significant digits (``2.68e-05``), the bounds as typed, which is what the
+runs record; an interval whose bounds are both integers (``method.rank=interval(2,64)``) gives integers.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from peftlab.errors import UserError
@@ -61,8 +63,10 @@ def parse_tune(text: str, trials: int) -> Tuned:
         raise UserError(f"--tune '{text}' deletes {key.lstrip('~')}: --tune takes a key to search, KEY=SPEC")
     key = key.lstrip("+")  # ++key= adds or overrides: for a key that is tuned, the same as key=
     if isinstance(value, IntervalSweep):
-        return Tuned(key, spec, _interval(text, float(value.start), float(value.end), trials, "log" in value.tags),
-                     "log" in value.tags)
+        log = "log" in value.tags
+        if _integer_bounds(spec):
+            return Tuned(key, spec, _integer_interval(text, int(value.start), int(value.end), trials, log), log)
+        return Tuned(key, spec, _interval(text, float(value.start), float(value.end), trials, log), log)
     if isinstance(value, (ChoiceSweep, RangeSweep)):
         values = ([str(v) for v in value.list] if isinstance(value, ChoiceSweep)
                   else _range(text, value.start, value.stop, value.step))
@@ -85,18 +89,37 @@ def _range(text: str, start: float, stop: float, step: float) -> list[str]:
 
 
 def _interval(text: str, lo: float, hi: float, trials: int, log: bool) -> tuple[str, ...]:
+    points = _points(text, lo, hi, trials, log)
+    # 3 significant digits inside; the bounds as typed, so interval(8,1000.5) ends at 1000.5, not 1e+03
+    values = tuple(dict.fromkeys(f"{p:.12g}" if i in (0, len(points) - 1) else f"{p:.3g}" for i, p in enumerate(points)))
+    if len(values) < trials:
+        raise UserError(f"--tune '{text}' with --trials {trials}: the values repeat at 3 significant digits; "
+                        "use fewer trials or a wider range")
+    return values
+
+
+def _integer_interval(text: str, lo: int, hi: int, trials: int, log: bool) -> tuple[str, ...]:
+    """``--trials`` distinct integers from lo to hi, both included, evenly spaced (in log space with ``log``)."""
+    values = tuple(dict.fromkeys(str(round(p)) for p in _points(text, lo, hi, trials, log)))
+    if len(values) < trials:
+        raise UserError(f"--tune '{text}' with --trials {trials}: only {len(values)} distinct integers come out of "
+                        "the interval; use fewer trials or a wider range")
+    return values
+
+
+def _points(text: str, lo: float, hi: float, trials: int, log: bool) -> list[float]:
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
         raise UserError(f"--tune '{text}' is an empty range: the interval needs lo < hi")
     if log and lo <= 0:
         raise UserError(f"--tune '{text}': a log interval needs 0 < lo; use interval(lo,hi) without tag(log,...)")
     if trials == 1:
-        points = [math.sqrt(lo * hi) if log else (lo + hi) / 2]
-    elif log:
-        points = [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (trials - 1)) for i in range(trials)]
-    else:
-        points = [lo + i * (hi - lo) / (trials - 1) for i in range(trials)]
-    values = tuple(dict.fromkeys(f"{p:.3g}" for p in points))
-    if len(values) < trials:
-        raise UserError(f"--tune '{text}' with --trials {trials}: the values repeat at 3 significant digits; "
-                        "use fewer trials or a wider range")
-    return values
+        return [math.sqrt(lo * hi) if log else (lo + hi) / 2]
+    if log:
+        return [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (trials - 1)) for i in range(trials)]
+    return [lo + i * (hi - lo) / (trials - 1) for i in range(trials)]
+
+
+def _integer_bounds(spec: str) -> bool:
+    """Whether the interval's bounds are typed as integers (``interval(1,8)``): Hydra reads both as floats."""
+    bounds = re.search(r"interval\(([^,()]*),([^,()]*)\)", spec)
+    return bool(bounds) and all(re.fullmatch(r"\s*[+-]?\d+\s*", b) for b in bounds.groups())
