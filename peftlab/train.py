@@ -58,8 +58,7 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
                 run, owner = _allocated(procs, cfg, overrides, argv, choices, stamp or {})
             elif procs.is_main:
                 run.set_status("running", resumed_from=checkpoint.name if checkpoint else None)
-                run.write_config(OmegaConf.to_yaml(cfg, resolve=True), _resumed_overrides(run.overrides(), overrides))
-                run.write_meta(config_hash=config_hash(cfg))  # a changed max_steps is another computation
+                _record_resume(run, cfg, overrides, checkpoint.step if checkpoint else 0)
             if on_run is not None and procs.is_main:
                 on_run(run)
             _run_training(exp, run, checkpoint, procs, quiet=not show_progress)
@@ -136,6 +135,10 @@ def _reopen(cfg: DictConfig, overrides: list[str]) -> tuple[runs.Run, runs.Owner
         except Exception as exc:  # noqa: BLE001 - any damage to the file
             raise UserError(f"cannot read {run.config_path} ({type(exc).__name__}): the run cannot be resumed") from None
         _refuse_changes(cfg, stored, overrides, run)
+        if checkpoint is not None and _overrides_key(overrides, "trainer.max_steps") \
+                and int(cfg.trainer.max_steps) < checkpoint.step:
+            raise UserError(f"trainer.max_steps={cfg.trainer.max_steps} is below step {checkpoint.step}, where run "
+                            f"'{run.label}' resumes: give trainer.max_steps >= {checkpoint.step} (or start a new run)")
         for key in RESUMABLE_KEYS:
             if _overrides_key(overrides, key):
                 OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
@@ -263,15 +266,37 @@ def _complete(exp: Experiment, run: runs.Run, summary: dict) -> None:
     shutil.rmtree(run.best_dir, ignore_errors=True)
 
 
-def config_hash(cfg: DictConfig) -> str:
+def _record_resume(run: runs.Run, cfg: DictConfig, typed: list[str], step: int) -> None:
+    """The resumed run's config, overrides and hash, with the resumable keys changed now.
+
+    From step 0 the run is trained as if started so: its records are a plain run's. Changed
+    mid-run, a key's old value has shaped what was trained so far (max_steps sets the
+    schedule's warm-up and decay), so meta.json keeps ``changed_on_resume`` (the step, the
+    old and the new value) and the hash covers it: no such run claims a fresh run's hash.
+    """
+    stored = OmegaConf.load(run.config_path)
+    changes = {key: [_plain(OmegaConf.select(stored, key, default=None)), _plain(OmegaConf.select(cfg, key))]
+               for key in RESUMABLE_KEYS if _overrides_key(typed, key)}
+    changes = {key: pair for key, pair in changes.items() if pair[0] != pair[1]}
+    history = list(run.meta.get("changed_on_resume") or [])
+    if changes and step > 0:
+        history.append({"step": step, **changes})
+    run.write_config(OmegaConf.to_yaml(cfg, resolve=True), _resumed_overrides(run.overrides(), typed))
+    run.write_meta(config_hash=config_hash(cfg, history), **({"changed_on_resume": history} if history else {}))
+
+
+def config_hash(cfg: DictConfig, changed_on_resume: list | None = None) -> str:
     """A short hash of what the run computes: the resolved config without where it is stored or
-    what it is called, so two runs with the same hash differ only by chance (none, when seeded)."""
+    what it is called, so two runs with the same hash differ only by chance (none, when seeded);
+    with the resumable keys a resume changed mid-run (see ``_record_resume``)."""
     import hashlib
     import json
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("name", "runs_dir", "resume"):
         plain.pop(key, None)
+    if changed_on_resume:
+        plain["changed_on_resume"] = changed_on_resume
     text = json.dumps(runs.finite_or_none(plain), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

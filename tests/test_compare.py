@@ -389,3 +389,19 @@ def test_a_bad_place_for_the_report_or_figures_is_one_line_before_any_work(runs,
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "runs") == ["target"]  # nothing left beside it
+
+
+def test_a_run_changed_mid_run_on_resume_is_named_under_the_table(tmp_path):
+    """Grouped with the runs started at its final max_steps, a run extended on resume trained
+    part of the way on another schedule: the notes say which run, what changed and where."""
+    from peftlab.compare.notes import row_notes
+
+    plain = fabricate_run(tmp_path, "lora", 8, 0, 0.8, version=1)
+    extended = fabricate_run(tmp_path, "lora", 8, 1, 0.8, version=2)
+    assert not any("changed on resume" in n for n in row_notes(grouped_rows(tmp_path)[0]))
+    meta = json.loads((extended / "meta.json").read_text())
+    meta["changed_on_resume"] = [{"step": 30, "trainer.max_steps": [30, 50]}]
+    (extended / "meta.json").write_text(json.dumps(meta))
+    notes = [n for n in row_notes(grouped_rows(tmp_path)[0]) if "changed on resume" in n]
+    assert len(notes) == 1 and "trainer.max_steps 30 -> 50 at step 30" in notes[0]
+    assert "lora-minilm-stdlib_docs/v2" in notes[0] and "/v1" not in notes[0] and plain.is_dir()

@@ -393,3 +393,23 @@ def test_resume_onto_changed_base_weights_is_refused_in_one_line(runs_dir, tmp_p
     assert again.returncode == 2 and len(err) == 1 and "Traceback" not in again.stderr, again.stderr
     assert "frozen weights" in err[0] and "differ" in err[0]
     assert runs.resolve("based", runs_dir).status == "failed"
+
+
+def test_a_resume_that_changes_max_steps_mid_run_says_so_and_one_below_its_step_is_refused(runs_dir):
+    """Extended at step 8 from 8 to 12 steps, a run's schedule is not a 12-step run's: its meta
+    says where and what changed, and its config hash is not the clean run's. Fewer steps than
+    already trained is refused (exit 2), and the run stays as it was."""
+    run = _interrupted_after(runs_dir, "extend")
+    short = peftlab("train", "resume=extend", "trainer.max_steps=6", "-q")
+    assert short.returncode == 2 and "trainer.max_steps=6 is below step 8" in short.stderr
+    assert len(short.stderr.strip().splitlines()) == 1 and runs.resolve("extend", runs_dir).status == "interrupted"
+
+    result = peftlab("train", "resume=extend", "trainer.max_steps=12", "-q")
+    assert result.returncode == 0, result.stderr
+    extended = runs.resolve("extend", runs_dir)
+    assert extended.status == "completed" and extended.summary["steps"] == 12
+    assert extended.meta["changed_on_resume"] == [{"step": 8, "trainer.max_steps": [8, 12]}]
+    assert "trainer.max_steps=12" in extended.overrides() and extended.config["trainer"]["max_steps"] == 12
+    clean = run_in_process(runs_dir, "trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.keep_checkpoints=3",
+                           "trainer.eval_every=0", "name=clean12")
+    assert extended.meta["config_hash"] not in (clean.meta["config_hash"], run.meta["config_hash"])

@@ -5,6 +5,7 @@
 * rows trained on different datasets (the resolved ``dataset`` config node
   differs), whose metrics do not measure the same thing;
 * every configuration tying on validation (then none is marked best);
+* runs whose ``trainer.max_steps`` (or another resumable key) a resume changed mid-run;
 * rows with a single seed, whose differences may be seed noise.
 
 The command line prints them under the table (to stderr for the machine
@@ -36,7 +37,7 @@ def row_notes(rows: Sequence[Row]) -> list[str]:
     metric = rows[0].metric
     notes = [legacy_note(records, metric), *unranked_notes(records, metric), *fallback_notes(records)]
     notes.append(mixed_selection_note(records))
-    notes += [tie_note(rows), dataset_note(records), single_seed_note(rows)]
+    notes += [tie_note(rows), dataset_note(records), changed_on_resume_note(records), single_seed_note(rows)]
     return [n for n in notes if n]
 
 
@@ -47,6 +48,22 @@ def tie_note(rows: Sequence[Row]) -> str | None:
     value = next(r.val_mean for r in rows if r.val_mean is not None)
     return (f"every configuration ties on validation {rows[0].metric} ({value:.4g}): none is marked best; "
             "the test column does not choose between them")
+
+
+def changed_on_resume_note(records: Sequence[Run]) -> str | None:
+    """Names the runs a resume changed mid-run (``trainer.max_steps`` from 8 to 12 at step 8, say):
+    they are grouped by the values they ended with, but trained part of the way with the old ones."""
+    changed = [(rec, c) for rec in records for c in rec.meta.get("changed_on_resume") or []]
+    if not changed:
+        return None
+    said = [f"{rec.label}: {_changes(c)} at step {c.get('step')}" for rec, c in changed]
+    return (f"{len({id(rec) for rec, _ in changed})} run(s) changed on resume, mid-run ({'; '.join(said)}): "
+            "grouped by their final values, they trained part of the way with the old ones (a schedule set by "
+            "max_steps is not a fresh run's)")
+
+
+def _changes(change: dict) -> str:
+    return ", ".join(f"{key} {pair[0]} -> {pair[1]}" for key, pair in change.items() if key != "step")
 
 
 def single_seed_note(rows: Sequence[Row]) -> str | None:
