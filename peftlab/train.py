@@ -310,15 +310,28 @@ def _refuse_changes(cfg: DictConfig, stored: DictConfig, overrides: list[str], r
     Silently dropped, it would leave the user believing the run now trains with it. The
     run's own overrides, typed again (a sweep's --continue does), are the same values: fine.
     """
+    from peftlab.config import GROUPS
+
     for typed in overrides:
         key = _typed_key(typed)
         if key in RESUMABLE_KEYS or key in NOT_THE_RUNS_CONFIG or key.startswith("hydra"):
             continue
         now, then = (_plain(OmegaConf.select(c, key, default=None)) for c in (cfg, stored))
+        chosen = (run.meta.get("choices") or {}).get(key) if key in GROUPS else None
+        if isinstance(chosen, str):  # a group: the same choice, whatever its YAML says today
+            if typed.partition("=")[2].strip() != chosen:
+                raise _changed(run, typed, key, chosen)
+            if now != then:
+                _warn(f"configs/{key}/{chosen}.yaml has changed since run '{run.label}' started: the resume "
+                      "continues with the run's own config.yaml")
+            continue
         if now != then:
-            raise UserError(f"resume= continues run '{run.label}' as it was configured: '{typed}' differs from its "
-                            f"{key}={_shown(then)}; only {', '.join(RESUMABLE_KEYS)} may change (start a new run "
-                            "for the rest)")
+            raise _changed(run, typed, key, _shown(then))
+
+
+def _changed(run: runs.Run, typed: str, key: str, then: str) -> UserError:
+    return UserError(f"resume= continues run '{run.label}' as it was configured: '{typed}' differs from its "
+                     f"{key}={then}; only {', '.join(RESUMABLE_KEYS)} may change (start a new run for the rest)")
 
 
 def _plain(value: Any) -> Any:

@@ -125,3 +125,20 @@ def test_a_resume_may_repeat_the_runs_own_overrides(runs_dir):
     result = peftlab("train", "resume=same", *TINY, "trainer.max_steps=10", "-q")
     assert result.returncode == 0, result.stderr
     assert runs.resolve("same", runs_dir).summary["steps"] == 10
+
+
+def test_a_resume_typing_its_group_again_survives_an_edit_of_the_groups_yaml(runs_dir):
+    """A sweep's --continue types ``method=lora`` again; the method's YAML edited since (here its
+    description, as the stored config now differs from a fresh composition) is not a change of
+    method: the run resumes with its own config.yaml, and the edit is said."""
+    import yaml
+
+    run = _interrupted_after(runs_dir, "edited")
+    stored = yaml.safe_load(run.config_path.read_text())
+    stored["method"]["description"] = "an older wording"
+    run.config_path.write_text(yaml.safe_dump(stored))
+    result = peftlab("train", "resume=edited", "method=lora", "trainer.max_steps=10", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "configs/method/lora.yaml has changed since run" in result.stderr
+    resumed = runs.resolve("edited", runs_dir)
+    assert resumed.summary["steps"] == 10 and resumed.config["method"]["description"] == "an older wording"
