@@ -15,6 +15,10 @@ class UserError(Exception):
     """A mistake in what the user asked for; the message says how to fix it."""
 
 
+class StorageError(UserError):
+    """The file system failed (full, read-only, not writable): the machine's doing, not the config's."""
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)

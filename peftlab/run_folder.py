@@ -71,6 +71,11 @@ from peftlab.values import MISSING, override_key, parse_scalar
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "interrupted")
+#: Why a failed run failed (meta.json "failure"). The first three come from what the run was
+#: asked to compute and would come again; "storage" (a full or read-only disk) is the machine's,
+#: and the same run is worth running again once it is fixed.
+FAILURES = ("nonfinite", "invalid", "crash", "storage")
+RETRYABLE_FAILURES = ("storage",)
 
 
 def _read_json(path: Path) -> dict:

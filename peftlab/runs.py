@@ -30,7 +30,8 @@ from peftlab.files import (  # noqa: F401  (part of the store's API)
 from peftlab.layout import META_FILE, OWNER_FILE, SWEEP_FILE
 from peftlab.ownership import Ownership, RunBusy  # noqa: F401  (part of the store's API)
 from peftlab.provenance import environment, git_info, new_meta, pid_alive, process_start  # noqa: F401  (part of the store's API)
-from peftlab.run_folder import STATUSES, TERMINAL, Run, read_jsonl  # noqa: F401  (part of the store's API)
+from peftlab.run_folder import (  # noqa: F401  (part of the store's API)
+    FAILURES, RETRYABLE_FAILURES, STATUSES, TERMINAL, Run, read_jsonl)
 from peftlab.timestamps import age, now_iso, parse_iso  # noqa: F401  (part of the store's API)
 
 _VERSION = re.compile(r"^v(\d+)$")

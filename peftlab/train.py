@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab import checkpoints, runs, stopping
-from peftlab.errors import RunInterrupted, UserError, storage_problem
+from peftlab.errors import RunInterrupted, StorageError, UserError, storage_problem
 from peftlab.experiment import Experiment, build_experiment, save_adapter
 from peftlab.naming import run_name
 from peftlab.nonfinite import NonFinite
@@ -68,7 +68,7 @@ def train(cfg: DictConfig, *, overrides: list[str], argv: list[str], choices: di
             message = storage_problem(exc)
             if message is None:
                 raise
-            raise UserError(message) from None
+            raise StorageError(message) from None
         finally:
             if owner is not None:
                 owner.release()
@@ -211,16 +211,16 @@ def _run_training(exp: Experiment, run: runs.Run, checkpoint: checkpoints.Checkp
         mark(run, "interrupted", step=exc.step)
         raise exc from None
     except NonFinite as exc:
-        mark(run, "failed", error=str(exc))
+        mark(run, "failed", error=str(exc), failure="nonfinite")
         raise UserError(f"run {run.path} failed: {exc}") from None
     except UserError as exc:
-        mark(run, "failed", error=str(exc))
+        mark(run, "failed", error=str(exc), failure="storage" if isinstance(exc, StorageError) else "invalid")
         raise
     except BaseException as exc:  # a full or read-only disk is explained; anything else is a bug, kept whole
         message = storage_problem(exc)
-        mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}")
+        mark(run, "failed", error=message or f"{type(exc).__name__}: {exc}", failure="storage" if message else "crash")
         if message:
-            raise UserError(message) from None
+            raise StorageError(message) from None
         raise
 
 

@@ -256,6 +256,36 @@ def test_nothing_is_chosen_while_a_tuning_run_is_unfinished(runs_dir):
     assert final["launcher"] == "joblib" and "hydra.launcher.n_jobs=1" in final["hydra_overrides"]
 
 
+def test_a_tuning_run_failed_by_a_full_disk_is_run_again_before_anything_is_chosen(runs_dir):
+    """A full disk says nothing about a learning rate: the study does not choose without that
+    setting (a choice on part of the grid), and --continue runs it again, then chooses."""
+    from peftlab.study import continue_study
+
+    res = peftlab("study", *TINY, "method=lora", "--tune", "optimizer.lr=1e-3,1e-2", "--seeds", "1", "--name", "d")
+    assert res.returncode == 0, res.stdout + res.stderr
+    study_dir = runs_dir / "studies" / "d" / "v1"
+    data = json.loads((study_dir / "study.json").read_text())
+    shutil.rmtree(runs_dir / data["final_sweep"])  # back to the moment tuning ended
+    for run in [p.parent for p in runs_dir.glob("*/v*/meta.json")]:
+        if json.loads((run / "meta.json").read_text())["sweep"]["name"] == "d-final":
+            shutil.rmtree(run)
+    (study_dir / "study.json").write_text(json.dumps({**data, "final_sweep": None, "chosen": None}))
+    full = Run(sorted(p.parent for p in runs_dir.glob("*/v*/meta.json"))[1])
+    full.summary_path.unlink()
+    full.set_status("failed", error="no space left on device", failure="storage")
+
+    told: list[str] = []
+    outcome = continue_study(str(study_dir), announce=told.append)
+    assert not outcome.interrupted and outcome.failed == 0, told
+    (choice,) = json.loads((study_dir / "study.json").read_text())["chosen"]
+    assert (choice["tried"], choice["completed"]) == (2, 2)
+    from peftlab.sweep import members
+
+    tuning = members(runs_dir / data["tune_sweep"])
+    assert [m.status for m in tuning] == ["completed", "completed"]  # no checkpoint was kept: run again, anew
+    assert Run(full.path).status == "failed" and tuning[1].run.path != full.path  # the failed one is kept
+
+
 @pytest.mark.parametrize("option", [["--seeds", "5"], ["--trials", "2"], ["--tune-seed", "7"], ["--name", "x"]])
 def test_continue_refuses_what_the_study_stored(runs_dir, option):
     """A new number of seeds on --continue would silently not apply: it is refused, naming the option."""
@@ -276,7 +306,7 @@ def test_continue_refuses_what_the_study_stored(runs_dir, option):
     (["--tune", "trainer.warmup_ratio=range(0.1,0.2,0)"], "has step 0"),
     (["--tune", LR, "--tune", "optimizer.lr=1,2"], "names a key twice"),
     (["--tune", "seed=0,1,2"], "a study sets the seeds itself"),
-    (["--tune", "runs_dir=a,b"], "use --runs-dir"),
+    (["--tune", "name=a,b"], "use --name for the study"),
     ([], "a study needs --tune"),
 ])
 def test_bad_study_commands_exit_2_with_one_line_and_create_nothing(runs_dir, args, message):

@@ -220,7 +220,8 @@ def test_a_member_user_error_fails_only_that_member(runs_dir):
     assert ok["status"] == "completed" and _member_run(sweep_dir, ok).is_dir()
     assert bad["status"] == "failed" and "method.rank=1000" in bad["error"] and "method.rank <=" in bad["error"]
     # it failed before training made its folder: it gets one anyway, marked failed with the error
-    assert json.loads((_member_run(sweep_dir, bad) / "meta.json").read_text())["status"] == "failed"
+    recorded = json.loads((_member_run(sweep_dir, bad) / "meta.json").read_text())
+    assert recorded["status"] == "failed" and recorded["failure"] == "invalid"  # the setting's doing: a result
     assert _sweep_status(sweep_dir) == "failed"
 
 

@@ -210,6 +210,27 @@ def test_continue_starts_again_a_member_interrupted_before_its_first_checkpoint(
     assert jobs[1]["resume"].endswith("lora-tiny-r4/v1'")
 
 
+@pytest.mark.parametrize("failure, rerun", [("nonfinite", False), ("invalid", False), ("crash", False),
+                                              (None, False), ("storage", True)])
+def test_a_study_keeps_a_failed_setting_as_a_result_unless_the_disk_failed_it(runs_dir, failure, rerun):
+    """A study's --continue (rerun_failed=False) keeps a diverged or invalid setting as a result;
+    one failed by a full disk says nothing about its setting: it resumes from its checkpoint."""
+    from peftlab.sweep.launch import jobs_to_continue
+    from peftlab.sweep.status import members
+
+    sweep_dir = make_sweep(runs_dir, members=GRID[:2])
+    make_member(runs_dir, 0, "completed")
+    failed = make_member(runs_dir, 1, "failed", checkpoint=True)
+    if failure:
+        failed.write_meta(failure=failure)
+    (member,) = [m for m in members(sweep_dir) if m.index == 1]
+    assert member.retryable == rerun
+    jobs = jobs_to_continue(members(sweep_dir), rerun_failed=False)
+    expected = [{"index": 1, "overrides": ["method.rank=4"], "resume": f"resume='{failed.path.resolve()}'"}]
+    assert jobs == (expected if rerun else [])
+    assert [j["index"] for j in jobs_to_continue(members(sweep_dir))] == [1]  # a sweep's --continue reruns any
+
+
 def test_continue_of_a_completed_sweep_has_nothing_to_do(runs_dir, tmp_path):
     sweep_dir = make_sweep(runs_dir, members=GRID[:2])
     make_member(runs_dir, 0, "completed")

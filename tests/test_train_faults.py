@@ -63,7 +63,7 @@ def test_a_nan_loss_fails_the_run_and_every_checkpoint_stays_finite_and_resumabl
     assert result.returncode == 2 and len(err) == 1 and "Traceback" not in result.stderr
     assert err[0].startswith("error:") and "non-finite" in err[0] and "optimizer.lr" in err[0]
     run = runs.resolve("nan", runs_dir)
-    assert run.status == "failed" and "non-finite" in run.meta["error"]
+    assert run.status == "failed" and "non-finite" in run.meta["error"] and run.meta["failure"] == "nonfinite"
     assert not run.summary_path.exists() and not run.adapter_dir.exists()
     every_json_is_strict(run.path)
     kept = checkpoints.listed(run.checkpoints_dir)
@@ -323,7 +323,8 @@ def test_a_really_full_disk_is_one_line_exit_2(small_mount):
     err = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(err) == 1 and "no space left" in err[0], result.stderr
     assert not list(disk.rglob("*.tmp"))
-    assert json.loads((disk / "tight" / "v1" / "meta.json").read_text())["status"] == "failed"
+    meta = json.loads((disk / "tight" / "v1" / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["failure"] == "storage"  # the machine's doing: a study runs it again
 
 
 def test_a_read_only_disk_is_one_line_exit_2(small_mount):

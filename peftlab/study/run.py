@@ -11,7 +11,8 @@ Each phase is an ordinary sweep (its runs ordinary run folders), launched throug
 the same Hydra launchers. ``continue_study`` picks up where a study stopped: it runs
 the tuning members that did not finish, chooses (only once every tuning run has
 ended, completed or failed), then the final members that did not finish. A member
-that failed (a diverged learning rate) is a result, not redone.
+that failed for its setting (diverged, invalid) is a result, not redone; one that
+failed on storage (a full disk) is run again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from peftlab.errors import UserError
 from peftlab.study import folder
 from peftlab.study.choose import Choice, choose, configuration_of, distinguishing, edge_notes
 from peftlab.study.spec import Tuned, parse_tune
-from peftlab.sweep import BASIC, members, plan, resume, start, start_members
+from peftlab.sweep import BASIC, Member, members, plan, resume, start, start_members
 from peftlab.sweep.folder import sweep_ref
 from peftlab.sweep.planning import key_of
 
@@ -119,7 +120,7 @@ def _continue_held(study_dir: Path, jobs: int | None, announce: Callable[[str], 
     tune_dir = folder.sweep_path(study_dir, data.get("tune_sweep"))
     if tune_dir is None or not tune_dir.is_dir():
         raise UserError(f"study {study_dir} was stopped before its tuning sweep existed: start the study again")
-    if any(m.status in UNFINISHED for m in members(tune_dir)):
+    if any(_unfinished(m) for m in members(tune_dir)):
         if resume(str(tune_dir), jobs=jobs, announce=announce, rerun_failed=False).interrupted:
             return StudyOutcome(study_dir, interrupted=True)
     final_dir = folder.sweep_path(study_dir, data.get("final_sweep"))
@@ -140,10 +141,11 @@ def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], A
     tuned = [Tuned.from_record(t) for t in data["tuned"]]
     tune_dir = folder.sweep_path(study_dir, data["tune_sweep"])
     tuning = members(tune_dir)
-    unfinished = [m for m in tuning if m.status in UNFINISHED]
+    unfinished = [m for m in tuning if _unfinished(m)]
     if unfinished:
-        announce(f"{len(unfinished)} of {len(tuning)} tuning run(s) did not finish "
-                 f"({', '.join(sorted({m.status for m in unfinished}))}): nothing is chosen on part of the grid")
+        how = sorted({"failed on storage" if m.retryable else m.status for m in unfinished})
+        announce(f"{len(unfinished)} of {len(tuning)} tuning run(s) did not finish ({', '.join(how)}): "
+                 "nothing is chosen on part of the grid")
         return StudyOutcome(study_dir, interrupted=True)
     choices = choose(tuning, [t.key for t in tuned], str(data["metric"]))
     for c, label in zip(choices, distinguishing([c.configuration for c in choices])):
@@ -164,6 +166,12 @@ def _after_tuning(study_dir: Path, jobs: int | None, announce: Callable[[str], A
         argv=list(data.get("argv") or []), announce=announce, jobs=jobs,
         on_created=lambda d: folder.update(study_dir, final_sweep=sweep_ref(d, root)))
     return _outcome(study_dir, interrupted=outcome.interrupted)
+
+
+def _unfinished(member: Member) -> bool:
+    """Not a result yet: pending, running, interrupted, or failed on storage (a full disk says
+    nothing about the setting; a diverged or invalid setting is a result)."""
+    return member.status in UNFINISHED or member.retryable
 
 
 def _outcome(study_dir: Path, interrupted: bool = False) -> StudyOutcome:

@@ -356,17 +356,20 @@ def _continue_overrides(stored: list[str], jobs: int | None, given: Sequence[str
 def jobs_to_continue(members: Sequence[status.Member], rerun_failed: bool = True) -> list[dict[str, Any]]:
     """The members to run again (every one whose newest run did not complete), as launch jobs.
 
-    An interrupted member resumes from its run's newest checkpoint (``resume=``);
-    the others (failed, interrupted before a checkpoint, never started) start again.
+    An interrupted member resumes from its run's newest checkpoint (``resume=``), and so does
+    one that failed on storage (a full disk); the others (failed, interrupted before a
+    checkpoint, never started) start again. Without ``rerun_failed``, a failed member is
+    kept as a result unless it failed on storage.
     """
     jobs = []
     for member in members:
-        if member.status == "completed" or (member.status == "failed" and not rerun_failed):
+        if member.status == "completed" or (member.status == "failed" and not rerun_failed and not member.retryable):
             continue
         job: dict[str, Any] = {"index": member.index, "overrides": list(member.overrides)}
         run, typed_resume = member.run, any(key_of(o) == "resume" for o in member.overrides)
         # "running" here is a run on another host, which no lock of ours can tell about: as before a kill
-        if member.status in ("interrupted", "running") and run is not None and run.checkpoints() and not typed_resume:
+        resumable = member.status in ("interrupted", "running") or member.retryable
+        if resumable and run is not None and run.checkpoints() and not typed_resume:
             job["resume"] = f"resume={quote(str(run.path.resolve()))}"
         jobs.append(job)
     return jobs

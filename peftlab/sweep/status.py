@@ -34,6 +34,11 @@ class Member:
     def error(self) -> str | None:
         return self.run.meta.get("error") if self.run is not None and self.status == "failed" else None
 
+    @property
+    def retryable(self) -> bool:
+        """Failed for the machine's sake (a full disk), not the setting's: not a result, to run again."""
+        return self.error is not None and self.run.meta.get("failure") in runs.RETRYABLE_FAILURES
+
 
 @dataclass
 class SweepState:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab import runs, stopping
-from peftlab.errors import UserError
+from peftlab.errors import StorageError, UserError
 from peftlab.layout import SWEEP_FILE
 from peftlab.metrics import selected_validation
 from peftlab.sweep.folder import read, read_launch, runs_root_of, stamp, stop_requested
@@ -192,7 +192,7 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
     overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task) if str(o) != job.resume]
     sweep = read(job.sweep_dir)
     made: list[runs.Run] = []  # the run folder, once train has made (or reopened) it
-    value, status, error = None, "failed", None
+    value, status, error, failure = None, "failed", None, "crash"
     try:
         _prepare(cfg, job)
         run = _train(cfg, hc, job, sweep, overrides, made.append)
@@ -201,7 +201,7 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
         status = "interrupted"
         raise
     except UserError as exc:
-        error = str(exc)
+        error, failure = str(exc), "storage" if isinstance(exc, StorageError) else "invalid"
     except Exception as exc:  # noqa: BLE001 - a bug in one member must not stop the others
         traceback.print_exc()
         error = f"{type(exc).__name__}: {exc}"
@@ -213,7 +213,7 @@ def _train_member(cfg: Any, job: _Job) -> float | None:
                 # start the member from step 0. It stays interrupted; the error is told here.
                 status = "could not resume"
             else:
-                _record_failure(cfg, hc, job, sweep, overrides, error)
+                _record_failure(cfg, hc, job, sweep, overrides, error, failure)
         _say_member(sweep, job.index, overrides, status, value, error)
     return value
 
@@ -251,8 +251,10 @@ def _train(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], on_r
                  stamp=member)
 
 
-def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], error: str) -> None:
-    """A new member that failed before training made its folder gets one, marked failed with the error.
+def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[str], error: str,
+                    failure: str) -> None:
+    """A new member that failed before training made its folder gets one, marked failed with the error
+    (and the kind of ``failure``, see ``runs.FAILURES``).
 
     So the run folders alone tell how every member ended. Best effort: when even
     this cannot be written (a full disk), the member stays pending.
@@ -264,7 +266,7 @@ def _record_failure(cfg: Any, hc: Any, job: _Job, sweep: dict, overrides: list[s
             meta = runs.new_meta(list(sweep.get("argv") or ["peftlab", "sweep"]), _seed(cfg))
             run.write_meta(**meta, choices=_choices(hc), **stamp(job.sweep_dir, root, sweep, job.index))
             run.write_config(_config_yaml(cfg), overrides)
-            run.set_status("failed", error=error)
+            run.set_status("failed", error=error, failure=failure)
     except (OSError, UserError) as exc:
         print(f"warning: member {job.index} failed and could not be recorded: {exc}", file=sys.stderr)
 
