@@ -151,4 +151,6 @@ def evaluate_split(task: Any, model: nn.Module, tokenizer: Any, splits: Any, spl
         raise UserError(f"split '{split}' does not exist in this dataset: use one of {', '.join(splits)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    return task.evaluate(model, tokenizer, splits[split], batch_size=batch_size, device=device, full=True).metrics
+    metrics = task.evaluate(model, tokenizer, splits[split], batch_size=batch_size, device=device, full=True).metrics
+    cut = {k: int(v) for k, v in (task.data_report or {}).get(split, {}).items() if k in ("truncated", "dropped") and v}
+    return {**metrics, **cut}  # examples max_length cut or left out: the metrics are over what remained

@@ -101,6 +101,36 @@ def test_an_untrained_model_is_evaluated_with_max_steps_0(runs_dir):
     assert len(validation) == 8  # task.validation_generations caps what selection generates
 
 
+@pytest.mark.parametrize("value", ["ten", "0"])
+def test_a_bad_number_of_validation_generations_is_one_line_before_any_run(runs_dir, value):
+    result = peftlab("train", "model=tiny_lm", *QUICK, f"task.validation_generations={value}", "trainer.max_steps=0")
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"task.validation_generations={value} is not allowed" in lines[0]
+    assert not runs_dir.exists() or not list(runs_dir.glob("*/v*"))
+
+
+def test_eval_on_a_dataset_of_the_other_task_is_one_line_and_dropped_examples_are_said(runs_dir, tmp_path):
+    """A causal LM run scored on a classification dataset is refused (it was a KeyError traceback);
+    on a dataset whose test prompts do not all fit, the ones left out are counted and said."""
+    assert peftlab("train", "model=tiny_lm", *QUICK, "trainer.max_steps=0", "name=lm").returncode == 0
+    other = peftlab("eval", "lm", "dataset=stdlib_docs")
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+    assert "made for the classification task" in other.stderr and "evaluate it on a causal LM dataset" in other.stderr
+
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    short = [{"prompt": f"what is {i} plus {i}?", "response": f"#### {2 * i}"} for i in range(4)]
+    long = [{"prompt": "pad " * 400 + "what is 1 plus 1?", "response": "#### 2"} for _ in range(2)]
+    for split, rows in (("train", short), ("validation", short), ("test", short + long)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scored = peftlab("eval", "lm", "dataset=sft", f"dataset.path={folder}", "--json")
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads(scored.stdout)
+    assert metrics["dropped"] == 2 and metrics["generated"] == 4
+    assert "2 test example(s) do not fit the model's max_length and were left out" in scored.stderr
+
+
 def test_a_causal_lm_run_learns_and_resumes_exactly(runs_dir):
     common = ["model=tiny_lm", *QUICK, "trainer.max_steps=12", "trainer.eval_every=6", "trainer.checkpoint_every=4",
               "optimizer.lr=1e-2", "method.dropout=0.1", "trainer.log_every=2", "trainer.schedule=constant",
@@ -163,3 +193,19 @@ def test_peft_export_generates_what_the_merged_export_generates(runs_dir, lm_bas
     evaluated = peftlab("eval", str(tmp_path / "merged"), "--split", "test", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "exact_match" in json.loads(evaluated.stdout)
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_a_split_whose_every_prompt_fills_max_length_is_refused_before_any_run(runs_dir, tmp_path, split):
+    """An empty validation or test split would score nothing (NaN): a completed run without a result."""
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    short = [{"prompt": f"what is {i} plus {i}?", "response": f"#### {2 * i}"} for i in range(4)]
+    long = [{"prompt": "pad " * 400 + "what is 1 plus 1?", "response": "#### 2"} for _ in range(2)]
+    for name in ("train", "validation", "test"):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (long if name == split else short)))
+    result = peftlab("train", "model=tiny_lm", "dataset=sft", f"dataset.path={folder}", "trainer.max_steps=0")
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"every {split} example's prompt fills model.max_length" in lines[0]
+    assert not runs_dir.exists() or not list(runs_dir.glob("*/v*"))

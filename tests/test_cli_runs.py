@@ -316,3 +316,16 @@ def test_a_name_that_is_a_folder_here_and_under_the_runs_folder_is_refused_by_ev
     assert shown.returncode == 0 and str(here / "lora-minilm" / "v1") in shown.stdout.replace("\n", ""), shown.stderr
     shown = peftlab("show", "lora-minilm", "--runs-dir", str(store), cwd=tmp_path)  # one of them: no question
     assert shown.returncode == 0 and str(store / "lora-minilm" / "v1") in shown.stdout.replace("\n", ""), shown.stderr
+
+
+def test_eval_of_a_name_that_is_a_run_and_an_export_here_is_refused(tmp_path):
+    """After ``peftlab export lora-minilm lora-minilm``, ``eval lora-minilm`` once evaluated the export."""
+    store, here = tmp_path / "store", tmp_path / "work"
+    _fabricate(store, "lora-minilm", started_at="2024-05-01T10:00:00+00:00", summary={"test": {"accuracy": 0.8}})
+    export = here / "lora-minilm"
+    export.mkdir(parents=True)
+    (export / "config.json").write_text("{}")
+    (export / "model.safetensors").write_bytes(b"")
+    res = peftlab("eval", "lora-minilm", "--runs-dir", str(store), cwd=here)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "'lora-minilm' names two folders" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ def eval_command(
     runs_dir: Optional[str] = runs_dir_option(),
 ) -> None:
     """Loss, accuracy and macro-F1 on a split; the same numbers for a run and for its exports."""
+    import sys
     import warnings
     from pathlib import Path
 
@@ -39,7 +40,8 @@ def eval_command(
         raise UserError(f"--batch-size {batch_size} is not allowed: use an integer >= 1")
     warnings.filterwarnings("ignore")  # library deprecation notes do not concern the user (as in train)
     root = runs.runs_root(runs_dir)
-    folder = Path(path).expanduser()
+    # a bare name that is a folder here and under the runs folder is ambiguous, refused (typed_folder)
+    folder = runs.typed_folder(path, root) or Path(path).expanduser()
     from peftlab.exported import is_model_folder, is_peft_folder
 
     if folder.is_dir() and (is_model_folder(folder) or is_peft_folder(folder)):
@@ -51,9 +53,12 @@ def eval_command(
         if run is not None:
             raise UserError("--run is for exported folders; a run is evaluated on its own data or dataset=...")
         target = runs.resolve(path, root)
-        dataset = _dataset_node(list(overrides or []))
+        dataset = _dataset_node(list(overrides or []), target)
         metrics = _evaluate_run(target, split, batch_size, dataset, _dataset_label(overrides or []))
         label = target.label + (f" on dataset {_dataset_label(overrides)}" if dataset is not None else "")
+    if metrics.get("dropped"):
+        print(f"warning: {metrics['dropped']} {split} example(s) do not fit the model's max_length and were left "
+              "out: the metrics are over the rest (raise model.max_length to score them)", file=sys.stderr)
     if as_json:
         print(runs.to_json({"split": split, **metrics}))
         return
@@ -91,8 +96,12 @@ def _run_config(run: str, root):
     return cfg
 
 
-def _dataset_node(overrides: List[str]):
-    """The dataset config node ``dataset=...`` / ``dataset.*`` overrides compose to; None without any."""
+def _dataset_node(overrides: List[str], target):
+    """The dataset config node ``dataset=...`` / ``dataset.*`` overrides compose to; None without any.
+
+    The dataset must be made for the run's task (a classifier cannot be scored on word
+    problems, nor a language model on labelled texts): its YAML selects the task it is for.
+    """
     from peftlab.config import compose
     from peftlab.errors import UserError
     from peftlab.sweep.planning import key_of
@@ -105,7 +114,20 @@ def _dataset_node(overrides: List[str]):
             raise UserError(f"'{o}': peftlab eval takes only dataset=... and dataset.* overrides (the model is the run's)")
     if not any(key_of(o) == "dataset" for o in overrides):
         raise UserError("name the dataset to evaluate on: dataset=NAME (then dataset.* options if it needs them)")
-    return compose(overrides).dataset
+    composed = compose(overrides)
+    theirs = str(composed.task.get("_target_", ""))
+    ours = str(((target.config or {}).get("task") or {}).get("_target_", ""))
+    if ours and theirs and ours != theirs:
+        raise UserError(f"dataset {_dataset_label(overrides)} is made for the {_task_name(theirs)} task, and run "
+                        f"'{target.label}' was trained for {_task_name(ours)}: evaluate it on a {_task_name(ours)} "
+                        "dataset")
+    return composed.dataset
+
+
+def _task_name(target: str) -> str:
+    """``causal LM`` of ``peftlab.tasks.causal_lm.CausalLM``."""
+    return {"CausalLM": "causal LM", "Classification": "classification"}.get(target.rsplit(".", 1)[-1],
+                                                                              target.rsplit(".", 1)[-1])
 
 
 def _dataset_label(overrides) -> str:

@@ -101,7 +101,8 @@ def tokenize_sft(
 
     ``cache_dir`` is the folder holding one subfolder per cache key; None means
     ``default_cache_root()``. The splits are memory-mapped from the cache
-    folder either way. A UserError when every train example is dropped.
+    folder either way. A UserError when every example of a split is dropped (an empty validation or
+    test split would score nothing).
     """
     _check_max_length(max_length)
     if chat_template:
@@ -293,9 +294,9 @@ def _tokenize_split(
         "truncated": sum(s == TRUNCATED for s in status),
         "dropped": sum(s == DROPPED for s in status),
     }
-    if name == "train" and len(status) and stats["examples"] == 0:
+    if len(status) and stats["examples"] == 0:  # an empty validation or test split would score nothing
         raise UserError(
-            f"every train example's prompt fills {MAX_LENGTH_OPTION}={max_length} tokens (the longest prompt has "
+            f"every {name} example's prompt fills {MAX_LENGTH_OPTION}={max_length} tokens (the longest prompt has "
             f"{max(work['prompt_length'])}), leaving no room for a response; raise {MAX_LENGTH_OPTION} "
             f"or shorten the prompts"
         )

@@ -41,6 +41,11 @@ class CausalLM(Task):
         self.chat_template = bool(chat_template)
         self.max_new_tokens, self.generation_batch_size = max_new_tokens, generation_batch_size
         self.answer_marker = str(answer_marker)
+        if validation_generations is not None and (isinstance(validation_generations, bool)
+                                                   or not isinstance(validation_generations, int)
+                                                   or validation_generations < 1):
+            raise UserError(f"task.validation_generations={validation_generations} is not allowed: use an integer "
+                            ">= 1 (validation examples generated per pass), or null for all of them")
         self.validation_generations = validation_generations
 
     def check_metric(self, metric: str) -> None:
