@@ -209,3 +209,20 @@ def test_a_split_whose_every_prompt_fills_max_length_is_refused_before_any_run(r
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"every {split} example's prompt fills model.max_length" in lines[0]
     assert not runs_dir.exists() or not list(runs_dir.glob("*/v*"))
+
+
+@pytest.mark.parametrize("dataset, marker", [("arith", "####"), ("gsm8k", "####"),
+                                             ("metamathqa", "The answer is:"), ("alpaca", None)])
+def test_the_answer_is_read_after_the_datasets_own_marker(dataset, marker):
+    """MetaMathQA's responses end 'The answer is: 18': a generation that runs on past its answer
+    is scored on the number after that marker, not on the last number it wrote."""
+    from peftlab.answers import exact_match
+    from peftlab.tasks.causal_lm import CausalLM
+
+    cfg = compose(["model=tiny_lm", f"dataset={dataset}"])
+    assert cfg.task.answer_marker == marker == cfg.dataset.get("answer_from", "####")
+    task = CausalLM(answer_marker=cfg.task.answer_marker)
+    if marker == "The answer is:":
+        assert exact_match("so 9 + 9 = 18. The answer is: 18\n\nQuestion: what is 7?", "18", task.answer_marker)
+    if marker is None:  # no marker: the last number
+        assert task.answer_marker == "" and exact_match("it is 3, then 4", "4", task.answer_marker)

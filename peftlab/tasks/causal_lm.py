@@ -40,7 +40,7 @@ class CausalLM(Task):
                 raise UserError(f"task.{option}={value} is not allowed: use an integer >= 1")
         self.chat_template = bool(chat_template)
         self.max_new_tokens, self.generation_batch_size = max_new_tokens, generation_batch_size
-        self.answer_marker = str(answer_marker)
+        self.answer_marker = str(answer_marker or "")  # empty: the answer is the generation's last number
         if validation_generations is not None and (isinstance(validation_generations, bool)
                                                    or not isinstance(validation_generations, int)
                                                    or validation_generations < 1):
