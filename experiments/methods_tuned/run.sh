@@ -20,5 +20,5 @@ else
     --trials 6 --seeds 3 "${where[@]}"
 fi
 latest=$(ls -d "$out"/studies/methods-tuned/v* | sort -V | tail -1)
-$peftlab compare "$latest" --format markdown | tee "$here/results.md"
+$peftlab compare "$latest" --format markdown --sort metric | tee "$here/results.md"
 $peftlab compare "$latest" --plot "$here/figures" >/dev/null
