@@ -87,11 +87,24 @@ def test_a_best_found_after_the_newest_checkpoint_does_not_outlive_a_kill(runs_d
     assert all(torch.equal(step2[k], got[k]) for k in step2)
 
 
-def test_a_key_metric_validation_cannot_measure_is_never_best_and_the_run_says_so(runs_dir):
+def test_a_key_metric_validation_cannot_measure_is_never_best_and_the_run_says_so(runs_dir, monkeypatch):
     """No generations on validation: exact match is NaN at every pass. NaN is not a best; the last step is kept, said."""
-    result = peftlab("train", "model=tiny_lm", "dataset=arith", "task.validation_generations=0", "task.max_new_tokens=4",
-                     "trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=2", "name=nokey")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    from peftlab.config import choices, compose, search_path
+    from peftlab.tasks.causal_lm import CausalLM
+    from peftlab.train import train
+
+    measure = CausalLM.measure
+
+    def no_validation_generations(self, *args, full: bool, **kw):
+        tally = measure(self, *args, full=full, **kw)
+        return tally if full else {**tally, "rows": []}  # test (full) is generated whole, as always
+
+    monkeypatch.setattr(CausalLM, "measure", no_validation_generations)
+    overrides = ["model=tiny_lm", "dataset=arith", "task.max_new_tokens=4", "task.validation_generations=4",
+                 "trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=2", "name=nokey"]
+    run = train(compose([*overrides, f"runs_dir={runs_dir}"]), overrides=overrides, argv=["peftlab", "train"],
+                choices=choices(overrides, search_path([])), show_progress=False)
+    assert run.status == "completed"
     summary = runs.resolve("nokey", runs_dir).summary
     assert summary["best_validation"] is None and summary["selected_step"] == 4
     assert "no validation pass gave a finite exact_match" in summary["selection_note"]
