@@ -41,18 +41,37 @@ def verdict(row: dict) -> str:
     return f"{'differs' if p < 0.05 else 'n.d.'} (Holm p = {p:.2g}, g = {row['hedges_g_vs_best']:+.1f})"
 
 
+def stat(row: dict, split: str) -> str:
+    mean, std = row[f"{split}_mean"], row[f"{split}_std"]
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
 def table(data: dict) -> str:
     lines = ["| method | lr (chosen on validation) | n | val accuracy | test accuracy | test 95% CI | vs best (test) |",
              "|---|---|---|---|---|---|---|"]
     for row in sorted(data["rows"], key=lambda r: -r["val_mean"]):
         ci = row.get("test_ci95")
         lines.append(
-            f"| {row['method']} | {float(row['optimizer.lr']):.2g} | {row['n']} | {row['val_mean']:.3f} ± {row['val_std']:.3f} "
-            f"| {row['test_mean']:.3f} ± {row['test_std']:.3f} | "
+            f"| {row['method']} | {float(row['optimizer.lr']):.2g} | {row['n']} | {stat(row, 'val')} "
+            f"| {stat(row, 'test')} | "
             f"{f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else '-'} | {verdict(row)} |")
     return "\n".join(lines)
 
 
+def verdicts(data: dict) -> str:
+    """Which methods the table tells apart from the best one (on test, Holm-adjusted), and which not."""
+    rows = sorted(data["rows"], key=lambda r: -r["val_mean"])
+    best = next(r for r in rows if r.get("best"))
+    differ = [r["method"] for r in rows if r.get("p_holm_vs_best") is not None and r["p_holm_vs_best"] < 0.05]
+    same = [r["method"] for r in rows if r.get("p_holm_vs_best") is not None and r["p_holm_vs_best"] >= 0.05]
+    return (f"Best on validation: {best['method']} (test {stat(best, 'test')}). "
+            f"Below it on test after Holm's adjustment ({len(differ)}): {', '.join(differ) or 'none'}. "
+            f"Not distinguishable from it ({len(same)}): {', '.join(same) or 'none'}.")
+
+
 if __name__ == "__main__":
     study = Path(sys.argv[1]) if len(sys.argv) > 1 else newest_study()
-    print(table(compare_rows(study)))
+    data = compare_rows(study)
+    print(table(data))
+    print()
+    print(verdicts(data))
