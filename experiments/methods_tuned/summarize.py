@@ -69,9 +69,41 @@ def verdicts(data: dict) -> str:
             f"Not distinguishable from it ({len(same)}): {', '.join(same) or 'none'}.")
 
 
+#: Claims of the methods' papers that this table can re-ask: (method, against), each "method >= against".
+CLAIMS = [("pissa", "lora"), ("milora", "pissa"), ("dora", "lora"), ("lora_pro", "lora"), ("lora_pro", "full"),
+          ("hft", "full"), ("ba_lora", "pissa"), ("corda", "lora"), ("eva", "lora"), ("sorsa", "pissa")]
+
+
+def test_values(row: dict) -> list[float]:
+    """Each final run's test accuracy at its selected checkpoint, from its summary.json."""
+    values = []
+    for run in row["runs"]:
+        summary = json.loads((Path(run) / "summary.json").read_text())
+        values.append(float(summary["test"][row["metric"]]))
+    return values
+
+
+def claims(data: dict) -> str:
+    """Welch's test of each claimed pair on test accuracy: exploratory, one test per line, not adjusted."""
+    from scipy.stats import ttest_ind
+
+    rows = {r["method"]: r for r in data["rows"]}
+    lines = ["| claim | difference in test accuracy | Welch p (unadjusted) |", "|---|---|---|"]
+    for method, against in CLAIMS:
+        if method not in rows or against not in rows:
+            continue
+        a, b = test_values(rows[method]), test_values(rows[against])
+        p = ttest_ind(a, b, equal_var=False).pvalue if len(a) > 1 and len(b) > 1 else float("nan")
+        diff = sum(a) / len(a) - sum(b) / len(b)
+        lines.append(f"| {method} >= {against} | {diff:+.3f} | {p:.2g} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     study = Path(sys.argv[1]) if len(sys.argv) > 1 else newest_study()
     data = compare_rows(study)
     print(table(data))
     print()
     print(verdicts(data))
+    print()
+    print(claims(data))
